@@ -1,0 +1,46 @@
+"""antnest: fan Python work out over plain SSH, with nothing installed on the hosts.
+
+Import direction (acyclic): runner <- bootstrap <- transport <- scheduler <- worker <- cluster
+<- cli, with errors, inventory, taskunit and job beside them. Only the names below are public.
+"""
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED, as_completed, wait
+from typing import IO, Any, Optional, Union
+
+from antnest import errors
+from antnest.cluster import Cluster
+from antnest.errors import AntnestError
+from antnest.inventory import Host
+from antnest.job import Job, load
+from antnest.taskunit import TaskUnit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALL_COMPLETED",
+    "AntnestError",
+    "Cluster",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "Host",
+    "Job",
+    "TaskUnit",
+    "__version__",
+    "as_completed",
+    "errors",
+    "load",
+    "run",
+    "wait",
+]
+
+
+def run(job: Union[str, Job], input: Any = None, *, output: Optional[IO[str]] = None,
+        timeout: Optional[float] = None, **cluster_options: Any) -> Any:
+    """One-shot: start a Cluster (keyword arguments as for Cluster), run the job, shut down.
+
+    >>> antnest.run("jobs/reverse.py", inventory="inventory/hosts.yaml")
+    """
+    inventory = cluster_options.pop("inventory", None)
+    with Cluster(inventory, **cluster_options) as cluster:
+        return cluster.run(job, input=input, output=output, timeout=timeout)

@@ -1,0 +1,216 @@
+"""The `antnest` command: parse arguments, call the library, map errors to exit codes.
+
+No logic of its own lives here; the library never calls sys.exit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Type
+
+import antnest
+from antnest import errors
+
+log = logging.getLogger("antnest")
+
+EXIT_OK = 0
+EXIT_TASK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_NO_HOSTS = 3
+EXIT_JOB_TIMEOUT = 4
+EXIT_LOCKED = 75
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+# One table: the first matching row wins. README's exit code table mirrors it.
+EXIT_CODES: List[Tuple[Type[BaseException], int]] = [
+    (errors.LockedError, EXIT_LOCKED),
+    (errors.JobTimeout, EXIT_JOB_TIMEOUT),
+    (errors.NoHostsError, EXIT_NO_HOSTS),
+    (errors.HostError, EXIT_NO_HOSTS),
+    (errors.UsageError, EXIT_BAD_INPUT),
+    (errors.TaskError, EXIT_TASK_FAILED),
+    (errors.JobFailed, EXIT_TASK_FAILED),
+    (errors.AntnestError, EXIT_TASK_FAILED),
+]
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so the run unwinds and stops its runners."""
+
+
+def exit_code_for(error: BaseException) -> int:
+    for kind, code in EXIT_CODES:
+        if isinstance(error, kind):
+            return code
+    return EXIT_TASK_FAILED
+
+
+def _add_host_options(parser: argparse.ArgumentParser) -> None:
+    hosts = parser.add_argument_group("hosts")
+    hosts.add_argument("-i", "--inventory", metavar="FILE",
+                       help="inventory file (native YAML, Ansible YAML or INI)")
+    hosts.add_argument("-H", "--hosts", metavar="LIST",
+                       help="comma-separated hosts instead of an inventory: node1,user@node2:2222")
+    hosts.add_argument("-l", "--limit", metavar="PATTERN",
+                       help="use only hosts matching an Ansible-style pattern (web*:&prod:!web3)")
+    hosts.add_argument("-F", "--ssh-config", metavar="FILE",
+                       help="ssh_config to read (default ~/.ssh/config when it exists)")
+    hosts.add_argument("--known-hosts", metavar="FILE", action="append", default=[],
+                       help="known_hosts file to trust besides ~/.ssh/known_hosts (repeatable); "
+                            "new keys are recorded in the last one")
+    hosts.add_argument("--accept-new-host-keys", action="store_true",
+                       help="record unknown host keys instead of refusing (a changed key is "
+                            "always refused)")
+    hosts.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="per-host connect and handshake timeout (default 10)")
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    out = parser.add_argument_group("output")
+    out.add_argument("-v", "--verbose", action="count", default=0,
+                     help="more detail (-vv for debug); tracebacks on errors")
+    out.add_argument("-q", "--quiet", action="store_true",
+                     help="only errors; hides the processors' own output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="antnest",
+        description="Fan Python work out over plain SSH: hosts need only sshd and python3.",
+        epilog="exit codes: 0 ok, 1 a taskunit failed, 2 bad input, 3 no usable host, "
+               "4 job timeout, 75 locked, 130/143 interrupted",
+    )
+    parser.add_argument("--version", action="version", version=f"antnest {antnest.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a job file",
+                              description="Run a job: split() the input, processor() on the "
+                                          "hosts, combine() here. Without -i/-H the job runs on "
+                                          "local worker processes.")
+    run.add_argument("job", help="job file (a .py defining processor, and optionally split, "
+                                 "combine and input_data)")
+    _add_host_options(run)
+    run.add_argument("--procs", type=int, metavar="N",
+                     help="worker processes per host (default: the host's CPU count)")
+    data = run.add_argument_group("data")
+    data.add_argument("--input", metavar="FILE",
+                      help="read the input from FILE ('-' for stdin) instead of input_data; "
+                           "read lazily")
+    data.add_argument("-o", "--output", metavar="FILE",
+                      help="write what combine() prints to FILE instead of stdout")
+    faults = run.add_argument_group("faults")
+    faults.add_argument("--retries", type=int, default=0, metavar="N",
+                        help="re-run a taskunit whose processor raised up to N times, on "
+                             "another host when there is one (default 0)")
+    faults.add_argument("--max-lost", type=int, default=2, metavar="N",
+                        help="re-run a taskunit whose runner died under it up to N times "
+                             "(default 2)")
+    faults.add_argument("--task-timeout", type=float, metavar="SECONDS",
+                        help="stop a taskunit (and its runner) that runs longer")
+    faults.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="stop the whole job after this long (exit 4)")
+    faults.add_argument("--keep-going", action="store_true",
+                        help="finish the job despite failed taskunits; combine gets the "
+                             "successful results; exit 1 with a summary")
+    run.add_argument("--compress", action="store_true", help="compress SSH traffic (slow links)")
+    _add_output_options(run)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[
+        min(args.verbose, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("antnest: %(message)s"))
+    root = logging.getLogger("antnest")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    remote = logging.getLogger("antnest.remote")  # the processors' own output
+    remote.setLevel(logging.ERROR if args.quiet else logging.INFO)
+    if args.verbose < 2:
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
+def _cluster_options(args: argparse.Namespace) -> dict:
+    return dict(
+        hosts=args.hosts,
+        limit=args.limit,
+        ssh_config=args.ssh_config,
+        known_hosts=args.known_hosts,
+        accept_new_host_keys=args.accept_new_host_keys,
+        connect_timeout=args.connect_timeout,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    job = antnest.load(args.job)
+    if args.inventory and args.hosts:
+        raise errors.UsageError("give either -i/--inventory or -H/--hosts, not both")
+    output = None
+    try:
+        if args.output:
+            try:
+                output = open(args.output, "w", encoding="utf-8")
+            except OSError as exc:
+                raise errors.UsageError(f"output {args.output}: {exc.strerror or exc}") from None
+        with antnest.Cluster(
+            args.inventory,
+            procs=args.procs,
+            compress=args.compress,
+            retries=args.retries,
+            max_lost=args.max_lost,
+            task_timeout=args.task_timeout,
+            keep_going=args.keep_going,
+            **_cluster_options(args),
+        ) as cluster:
+            value = cluster.run(job, input=args.input, output=output, timeout=args.timeout)
+        if value is not None:
+            print(value, file=output or sys.stdout)
+    finally:
+        if output is not None:
+            output.close()
+    return EXIT_OK
+
+
+COMMANDS: dict = {"run": cmd_run}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    _setup_logging(args)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return COMMANDS[args.command](args)
+    except errors.AntnestError as exc:
+        _report(exc, args)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        log.error("interrupted; runners stopped")
+        return EXIT_INTERRUPTED
+    except Terminated:
+        log.error("terminated; runners stopped")
+        return EXIT_TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sys.stdout.flush()
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _report(exc: BaseException, args: argparse.Namespace) -> None:
+    if args.verbose:
+        log.exception("%s", exc)
+    else:
+        log.error("%s", exc)

@@ -1,0 +1,358 @@
+"""Cluster: the hosts' runners as a concurrent.futures Executor, warm for the cluster's life.
+
+Everything else (the CLI, antnest.run) is built on it: a job run is an ordered call whose
+results stream into combine().
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import sysconfig
+import threading
+import time
+from concurrent.futures import Executor, Future
+from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+import cloudpickle
+
+from antnest import inventory as inventory_module
+from antnest import job as job_module
+from antnest.errors import HostError, JobFailed, NoHostsError, UsageError
+from antnest.inventory import LOCAL, Host
+from antnest.scheduler import (
+    Call,
+    Failure,
+    FutureCall,
+    OrderedCall,
+    Policy,
+    Scheduler,
+    UnorderedCall,
+    as_raisable,
+)
+from antnest.errors import TaskError
+from antnest.transport.ssh import SshOptions
+from antnest.worker import HostGroup, HostState
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = 5.0  # seconds between PINGs to idle runners (they leave after 60 s of silence)
+RUNNER_IDLE_TIMEOUT = 60.0
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Cluster(Executor):
+    """Runners on the inventory's hosts (or local processes when no hosts are given).
+
+    >>> with Cluster("inventory/hosts.yaml") as cluster:
+    ...     squares = list(cluster.map(pow, range(10), [2] * 10))
+    """
+
+    def __init__(
+        self,
+        inventory: Optional[PathLike] = None,
+        *,
+        hosts: Union[None, str, Sequence[Union[str, Host]]] = None,
+        limit: Optional[str] = None,
+        procs: Optional[int] = None,
+        ssh_config: Optional[PathLike] = None,
+        known_hosts: Sequence[PathLike] = (),
+        accept_new_host_keys: bool = False,
+        connect_timeout: float = 10.0,
+        compress: bool = False,
+        retries: int = 0,
+        max_lost: int = 2,
+        task_timeout: Optional[float] = None,
+        keep_going: bool = False,
+    ) -> None:
+        if retries < 0 or max_lost < 0:
+            raise UsageError("retries and max_lost must be 0 or more")
+        if task_timeout is not None and task_timeout <= 0:
+            raise UsageError("task_timeout must be a positive number of seconds")
+        self.policy = Policy(retries=retries, max_lost=max_lost, task_timeout=task_timeout,
+                             keep_going=keep_going)
+        self.ssh_options = SshOptions(
+            known_hosts=tuple(os.fspath(p) for p in known_hosts),
+            accept_new_host_keys=accept_new_host_keys,
+            connect_timeout=connect_timeout,
+            compress=compress,
+        )
+        host_list = resolve_hosts(inventory, hosts, limit, procs, ssh_config)
+        self.scheduler = Scheduler(self.policy)
+        self.scheduler.no_hosts_error = self._no_hosts_error  # type: ignore[assignment]
+        self.host_errors: Dict[str, Exception] = {}
+        self._submits: Dict[int, Any] = {}
+        self._shutdown = False
+        self._lock = threading.Lock()
+        self._groups = [HostGroup(h, self) for h in host_list]
+        self._stop_keepalive = threading.Event()
+        started = time.monotonic()
+        for group in self._groups:
+            group.start()
+        self._wait_for_first_worker()
+        log.info("started %d runner(s) on %d of %d host(s) in %.2f s",
+                 len(self.scheduler.workers), sum(1 for g in self._groups if g.hello),
+                 len(self._groups), time.monotonic() - started)
+        threading.Thread(target=self._keepalive, name="antnest-keepalive", daemon=True).start()
+
+    # -- hosts -----------------------------------------------------------------------------
+    def _wait_for_first_worker(self) -> None:
+        sched = self.scheduler
+        with sched.cond:
+            while not sched.workers and sched.starting > 0:
+                sched.cond.wait(0.5)
+            if sched.workers:
+                return
+        self._close_groups()
+        raise self._no_hosts_error()
+
+    def _no_hosts_error(self) -> NoHostsError:
+        errors: List[Exception] = list(self.host_errors.values())
+        detail = "every host failed to start" if errors else "every runner was lost"
+        return NoHostsError(errors, detail)
+
+    def host_failed(self, group: HostGroup, error: HostError) -> None:
+        self.host_errors[group.name] = error
+        log.error("host %s cannot be used: %s", group.name, error.problem)
+
+    def wait_for_hosts(self, timeout: Optional[float] = None) -> List[HostState]:
+        """Block until every host has finished starting (or failed); returns `hosts`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.scheduler.cond:
+            while self.scheduler.starting > 0:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self.scheduler.cond.wait(0.2 if left is None else min(0.2, left))
+        return self.hosts
+
+    @property
+    def hosts(self) -> List[HostState]:
+        """Each host's state: connected/lost/failed, runners alive, Python version, counts."""
+        for group in self._groups:
+            group.update_alive()
+        return [dataclasses.replace(g.state) for g in self._groups]
+
+    def _keepalive(self) -> None:
+        while not self._stop_keepalive.wait(KEEPALIVE):
+            for worker in list(self.scheduler.workers):
+                worker.ping()
+
+    # -- the Executor API ------------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run fn(*args, **kwargs) on some host; a concurrent.futures.Future."""
+        self._check_open()
+        with self._lock:
+            entry = self._submits.get(id(fn))
+            if entry is None or entry[0] is not fn:
+                call = FutureCall(self.scheduler, _apply(fn), name=_name(fn))
+                self.scheduler.add_call(call)
+                entry = self._submits[id(fn)] = (fn, call)
+        call = entry[1]
+        with self.scheduler.cond:
+            future = call.add((args, kwargs))
+        self.scheduler.pump()
+        return future
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        """Like Executor.map, but lazy: inputs are read as runners free up, memory stays bounded.
+        `chunksize` is accepted for compatibility; batch sizes adapt on their own."""
+        self._check_open()
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        call = OrderedCall(self.scheduler, _star(fn), zip(*iterables), name=_name(fn))
+        return self._results(call, timeout)
+
+    def imap(self, fn: Callable[[Any], Any], iterable: Iterable[Any]) -> Iterator[Any]:
+        """fn(item) for each item, in order, lazily (multiprocessing.Pool.imap)."""
+        self._check_open()
+        return self._results(OrderedCall(self.scheduler, _ship(fn), iterable, name=_name(fn)), None)
+
+    def imap_unordered(self, fn: Callable[[Any], Any], iterable: Iterable[Any]) -> Iterator[Any]:
+        """fn(item) for each item, as results arrive, lazily."""
+        self._check_open()
+        return self._results(UnorderedCall(self.scheduler, _ship(fn), iterable, name=_name(fn)), None)
+
+    def _results(self, call: OrderedCall, timeout: Optional[float]) -> Iterator[Any]:
+        self.scheduler.add_call(call)
+        return _raising_remote_types(call, timeout)
+
+    def run(self, job: Union[PathLike, job_module.Job], input: Any = None,
+            output: Optional[IO[str]] = None, timeout: Optional[float] = None) -> Any:
+        """Run a job (a job file path or a Job) and return what its combine() returns.
+
+        `input` is a path, '-' or an open file that replaces the job's input_data and is read
+        lazily. With keep_going, combine gets the successful results and JobFailed is raised
+        afterwards, listing every failure.
+        """
+        self._check_open()
+        if not isinstance(job, job_module.Job):
+            job = job_module.load(job)
+        plan = job.plan(input, output)
+        call = OrderedCall(self.scheduler, plan.processor, plan.items, name=job.name)
+        self.job_call = call
+        timer = None
+        if timeout is not None:
+            timer = threading.Timer(timeout, lambda: self._expire(call, timeout))
+            timer.daemon = True
+            timer.start()
+        failures: List[TaskError] = []
+        try:
+            self.scheduler.add_call(call)
+
+            def successes() -> Iterator[Any]:
+                for value in call.results(with_failures=self.policy.keep_going):
+                    if type(value) is Failure:
+                        failures.append(value.error)
+                        continue
+                    yield value
+
+            value = plan.combine(successes(), failures)
+            # combine() may stop reading early; the call must still have ended cleanly.
+            if call.error is not None:
+                raise call.error
+        finally:
+            if timer is not None:
+                timer.cancel()
+            plan.closer()
+            with self.scheduler.cond:
+                if not call.done:
+                    call.fail(UsageError("combine() stopped reading results"))
+        if failures:
+            raise JobFailed(failures, total=call.taken)
+        return value
+
+    def _expire(self, call: Call, seconds: float) -> None:
+        with self.scheduler.cond:
+            call.fail(self.scheduler.timeout_error(seconds, call))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop every runner and close every connection; nothing stays behind on the hosts."""
+        with self._lock:
+            if self._shutdown:
+                return
+            self._shutdown = True
+            submits = [call for _, call in self._submits.values()]
+        if cancel_futures:
+            with self.scheduler.cond:
+                for call in submits:
+                    call.cancel_pending()
+        if wait:
+            with self.scheduler.cond:
+                while any(call.inflight or call._queue for call in submits) and \
+                        (self.scheduler.workers or self.scheduler.starting > 0):
+                    self.scheduler.cond.wait(0.2)
+        from antnest.errors import AntnestError
+
+        self.scheduler.close(AntnestError("the cluster was shut down"))
+        self._stop_keepalive.set()
+        self._close_groups()
+
+    def _close_groups(self) -> None:
+        for group in self._groups:
+            for worker in group.workers:
+                worker.stop()
+        for group in self._groups:
+            group.close()
+
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new work after shutdown")
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.shutdown(wait=exc_info[0] is None, cancel_futures=exc_info[0] is not None)
+
+
+def _raising_remote_types(call: OrderedCall, timeout: Optional[float]) -> Iterator[Any]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        for value in call.results(with_failures=False):
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"map() did not finish within {timeout:g} s")
+            yield value
+    except TaskError as error:
+        raisable = as_raisable(error)
+        raise raisable from raisable.__cause__
+    finally:
+        with call.scheduler.cond:
+            if not call.done:  # the caller stopped early: take nothing more
+                call.fail(GeneratorExit())
+
+
+def resolve_hosts(inventory: Optional[PathLike], hosts: Union[None, str, Sequence[Union[str, Host]]],
+                  limit: Optional[str], procs: Optional[int],
+                  ssh_config: Optional[PathLike]) -> List[Host]:
+    """Hosts from an inventory file, a host list, or the local default."""
+    if procs is not None and procs < 1:
+        raise UsageError("procs must be at least 1")
+    if inventory is None and hosts is None:
+        if limit:
+            raise UsageError("--limit needs an inventory (-i) or a host list (-H)")
+        return [dataclasses.replace(LOCAL, procs=procs or os.cpu_count() or 1)]
+    host_objects = [h for h in (hosts or ()) if isinstance(h, Host)] if not isinstance(hosts, str) else []
+    if host_objects:
+        if len(host_objects) != len(hosts or ()):
+            raise UsageError("hosts= takes either Host records or strings, not both")
+        found = list(host_objects)
+    else:
+        host_list = hosts if isinstance(hosts, str) or hosts is None else ",".join(hosts)  # type: ignore[arg-type]
+        found = inventory_module.load_hosts(inventory, host_list=host_list, limit=limit,
+                                            ssh_config=ssh_config)
+    if procs is not None:
+        found = [dataclasses.replace(h, procs=procs) for h in found]
+    if not found:
+        raise UsageError("no hosts to run on")
+    return found
+
+
+# -- shipping functions ---------------------------------------------------------------------------
+
+_SYSTEM_PATHS = tuple(
+    os.path.realpath(p) for p in {sysconfig.get_paths().get(k, "") for k in
+                                  ("stdlib", "platstdlib", "purelib", "platlib")} if p
+)
+_OWN_PATH = os.path.dirname(os.path.realpath(__file__))
+
+
+def _ship(fn: Callable) -> Callable:
+    """Make sure the hosts get fn by value when its module exists only here (a test module,
+    a script's neighbour): cloudpickle would otherwise send a reference they cannot import."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    file = getattr(module, "__file__", None)
+    if module is not None and file and module.__name__ != "__main__":
+        path = os.path.realpath(file)
+        if not path.startswith(_SYSTEM_PATHS) and not path.startswith(_OWN_PATH):
+            try:
+                cloudpickle.register_pickle_by_value(module)
+            except ValueError:
+                pass
+    return fn
+
+
+def _star(fn: Callable) -> Callable[[tuple], Any]:
+    fn = _ship(fn)
+
+    def call_with_arguments(args: tuple) -> Any:
+        return fn(*args)
+
+    return call_with_arguments
+
+
+def _apply(fn: Callable) -> Callable[[tuple], Any]:
+    fn = _ship(fn)
+
+    def call_with_arguments(item: tuple) -> Any:
+        args, kwargs = item
+        return fn(*args, **kwargs)
+
+    return call_with_arguments
+
+
+def _name(fn: Callable) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)

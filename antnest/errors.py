@@ -1,0 +1,181 @@
+"""Typed errors, each carrying the data a person needs to act on it.
+
+    AntnestError
+    ├── UsageError                 bad input: exit 2
+    │   ├── JobFileError           a job file that cannot be loaded (path, problem)
+    │   └── InventoryError         an inventory or host list that cannot be used (path, key)
+    ├── HostError                  a host could not be used at all (host)
+    │   ├── ConnectError           DNS failure, refused, timeout, unreachable
+    │   ├── AuthError              no offered key was accepted (user, keys)
+    │   ├── HostKeyError           host key unknown or changed (fingerprint, known_hosts)
+    │   └── BootstrapError         no interpreter, interpreter too old, runner failed to start
+    ├── NoHostsError               no host could be used: exit 3
+    ├── RunnerLost                 a runner vanished mid-task (host, how)
+    ├── TaskError                  a taskunit failed for good: exit 1
+    │   ├── RemoteError            ... raising an exception that could not be rebuilt here
+    │   ├── TaskTimeout            ... running longer than the task timeout
+    │   └── TaskLost               ... killing the runners that ran it
+    ├── JobFailed                  a job ended with failed taskunits (--keep-going summary)
+    ├── JobTimeout                 the whole job ran out of time: exit 4
+    └── LockedError                another run holds the lock: exit 75
+
+"Could not connect or boot" (HostError) is kept apart from "lost mid-task" (RunnerLost) and
+"the task itself raised" (TaskError): the first two are the cluster's problem and are retried on
+other workers, the last one is the job's and is reported with the remote traceback.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+
+class AntnestError(Exception):
+    """Base of every error antnest raises on purpose."""
+
+
+class UsageError(AntnestError):
+    """Bad input from the user: arguments, job file, inventory."""
+
+
+class JobFileError(UsageError):
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"job file {path}: {problem}")
+
+
+class InventoryError(UsageError):
+    def __init__(self, path: str, problem: str, key: Optional[str] = None) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        where = f"{path}: {key}" if key else path
+        super().__init__(f"inventory {where}: {problem}")
+
+
+class HostError(AntnestError):
+    """A host could not be used; `status` is a short word for tables (`antnest check`)."""
+
+    status = "error"
+
+    def __init__(self, host: str, problem: str, status: Optional[str] = None) -> None:
+        self.host = host
+        self.problem = problem
+        if status:
+            self.status = status
+        super().__init__(f"{host}: {problem}")
+
+
+class ConnectError(HostError):
+    status = "unreachable"
+
+
+class AuthError(HostError):
+    status = "auth failed"
+
+
+class HostKeyError(HostError):
+    status = "host key unknown"
+
+
+class BootstrapError(HostError):
+    status = "bootstrap failed"
+
+
+class NoHostsError(AntnestError):
+    """Every host failed; `errors` holds one HostError (or RunnerLost) per host."""
+
+    def __init__(self, errors: Sequence[Exception], detail: str = "") -> None:
+        self.errors = list(errors)
+        lines = [f"no host could be used{': ' + detail if detail else ''}"]
+        lines += [f"  {e}" for e in self.errors]
+        super().__init__("\n".join(lines))
+
+
+class RunnerLost(AntnestError):
+    def __init__(self, host: str, how: str) -> None:
+        self.host = host
+        self.how = how
+        super().__init__(f"{host}: runner lost ({how})")
+
+
+def _shorten(value: Any, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception as exc:  # a user object whose __repr__ raises
+        text = f"<unprintable {type(value).__name__}: {exc!r}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class TaskError(AntnestError):
+    """A taskunit failed for good. `remote_traceback` is the text from the host."""
+
+    def __init__(
+        self,
+        taskunit_id: int,
+        host: str,
+        problem: str,
+        data: Any = None,
+        remote_traceback: str = "",
+        attempts: int = 1,
+    ) -> None:
+        self.taskunit_id = taskunit_id
+        self.host = host
+        self.problem = problem
+        self.data = data
+        self.remote_traceback = remote_traceback
+        self.attempts = attempts
+        super().__init__(taskunit_id, host, problem)
+
+    def __str__(self) -> str:
+        tries = f" after {self.attempts} attempts" if self.attempts > 1 else ""
+        text = (
+            f"taskunit {self.taskunit_id} (data {_shorten(self.data)}) failed on "
+            f"{self.host}{tries}: {self.problem}"
+        )
+        if self.remote_traceback:
+            text += "\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class RemoteError(TaskError):
+    """The remote exception could not be rebuilt here; its type name and text are kept."""
+
+    def __init__(self, *args: Any, type_name: str = "Exception", **kwargs: Any) -> None:
+        self.type_name = type_name
+        super().__init__(*args, **kwargs)
+
+
+class TaskTimeout(TaskError):
+    pass
+
+
+class TaskLost(TaskError):
+    pass
+
+
+class JobFailed(AntnestError):
+    """Raised at the end of a --keep-going run: `failures` holds every TaskError."""
+
+    def __init__(self, failures: Sequence[TaskError], total: Optional[int] = None) -> None:
+        self.failures = list(failures)
+        of = f" of {total}" if total is not None else ""
+        lines = [f"{len(self.failures)}{of} taskunits failed:"]
+        lines += [f"  {str(f).splitlines()[0]}" for f in self.failures]
+        super().__init__("\n".join(lines))
+
+
+class JobTimeout(AntnestError):
+    def __init__(self, seconds: float, done: int, pending: int) -> None:
+        self.seconds = seconds
+        self.done = done
+        self.pending = pending
+        super().__init__(
+            f"job timed out after {seconds:g} s: {done} taskunits done, {pending} not done"
+        )
+
+
+class LockedError(AntnestError):
+    def __init__(self, path: str, holder: str) -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(f"lock {path} is held by {holder}; not starting a second run")

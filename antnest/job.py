@@ -1,0 +1,289 @@
+"""Job files: the modern form (processor(item), split(input_data), combine(results)) and the
+original antnest form (processor(self, data), split(self, input_data, processor) yielding
+taskunit.TaskUnit, combine(self) reading self.taskunits), both loaded from any path.
+
+A loaded job becomes a Plan: the taskunit data to send, the function the runners call, and how
+to hand results to combine. Functions travel by value (cloudpickle), so the hosts need nothing
+but python3: the job module and modules next to it are registered for pickling by value.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import io
+import os
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable, Iterable, Iterator, List, Optional, Union
+
+import cloudpickle
+
+from antnest import taskunit as taskunit_module
+from antnest.errors import JobFileError, UsageError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class Job:
+    """A job: `processor` is required; `split`, `combine` and `input_data` are optional."""
+
+    processor: Callable[..., Any]
+    split: Optional[Callable[..., Iterable[Any]]] = None
+    combine: Optional[Callable[..., Any]] = None
+    input_data: Any = None
+    name: str = "job"
+    path: Optional[str] = None
+    form: str = "modern"  # "original": the (self, ...) signatures of the first antnest
+    digest: str = field(default="", repr=False)  # of the job source: journals check it
+
+    def plan(self, input: Any = None, output: Optional[IO[str]] = None) -> "Plan":
+        """How to run this job on `input` (a path, '-', an open file, or None for input_data)."""
+        if self.form == "original":
+            return _original_plan(self, input, output)
+        return _modern_plan(self, input, output)
+
+
+@dataclass
+class Plan:
+    items: Iterable[Any]                       # taskunit data, lazily
+    processor: Callable[[Any], Any]            # what a runner calls per taskunit
+    combine: Callable[[Iterator[Any], List[Any]], Any]  # (results, failures) -> value
+    closer: Callable[[], None] = lambda: None  # closes an input file
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+def load(path: PathLike) -> Job:
+    """Load a job file; every problem becomes a JobFileError naming the file."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            source = handle.read()
+    except OSError as exc:
+        raise JobFileError(path, f"cannot read it: {exc.strerror or exc}") from None
+    try:
+        code = compile(source, path, "exec")
+    except SyntaxError as exc:
+        raise JobFileError(path, f"syntax error on line {exc.lineno}: {exc.msg}") from None
+    except ValueError as exc:
+        raise JobFileError(path, f"cannot compile it: {exc}") from None
+
+    digest = hashlib.sha256(source).hexdigest()
+    name = "antnest_job_" + "".join(c if c.isalnum() else "_" for c in
+                                    os.path.splitext(os.path.basename(path))[0])
+    module = types.ModuleType(name)
+    module.__file__ = os.path.abspath(path)
+    # Original-form jobs do `import taskunit` inside split(); it must find ours.
+    sys.modules.setdefault("taskunit", taskunit_module)
+    job_dir = os.path.dirname(os.path.abspath(path))
+    before = set(sys.modules)
+    sys.modules[name] = module
+    sys.path.insert(0, job_dir)
+    try:
+        exec(code, module.__dict__)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise JobFileError(path, f"raised {type(exc).__name__} while loading: {exc}") from exc
+    finally:
+        sys.path.remove(job_dir)
+    _pickle_by_value(module, job_dir, set(sys.modules) - before)
+    return from_module(module, path, digest)
+
+
+def _pickle_by_value(module: types.ModuleType, job_dir: str, new_modules: set) -> None:
+    """The hosts have neither the job file nor its neighbours: ship them by value."""
+    cloudpickle.register_pickle_by_value(module)
+    for name in new_modules:
+        mod = sys.modules.get(name)
+        file = getattr(mod, "__file__", None) or ""
+        if mod is not None and mod is not module and os.path.abspath(file).startswith(job_dir + os.sep):
+            if "." not in name:
+                cloudpickle.register_pickle_by_value(mod)
+
+
+def _positional_count(fn: Callable, path: str, what: str) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        raise JobFileError(path, f"{what} is not a function with a signature") from None
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return -1
+    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               and p.default is p.empty)
+
+
+def from_module(module: types.ModuleType, path: str = "<job>", digest: str = "") -> Job:
+    """Check the functions a job module defines and build its Job."""
+    ns = vars(module)
+    processor = ns.get("processor")
+    if processor is None:
+        raise JobFileError(path, "it defines no processor(); a job needs at least "
+                                 "`def processor(item): ...`")
+    if not callable(processor):
+        raise JobFileError(path, "processor is not a function")
+    arity = _positional_count(processor, path, "processor")
+    if arity == 2:
+        form = "original"
+    elif arity in (1, -1):
+        form = "modern"
+    else:
+        raise JobFileError(path, f"processor takes {arity} arguments; it must take one "
+                                 "(item) or, in the original form, two (self, data)")
+    split = ns.get("split")
+    combine = ns.get("combine")
+    want = {"modern": {"split": (1,), "combine": (1, 2)},
+            "original": {"split": (3,), "combine": (1,)}}[form]
+    shape = {"modern": {"split": "split(input_data)", "combine": "combine(results)"},
+             "original": {"split": "split(self, input_data, processor)",
+                          "combine": "combine(self)"}}[form]
+    for what, fn in (("split", split), ("combine", combine)):
+        if fn is None:
+            continue
+        if not callable(fn):
+            raise JobFileError(path, f"{what} is not a function")
+        count = _positional_count(fn, path, what)
+        if count != -1 and count not in want[what]:
+            raise JobFileError(path, f"{what}() takes {count} arguments; with a {form}-form "
+                                     f"processor it must be {shape[what]}")
+    if form == "original" and split is None:
+        split = _original_default_split
+    return Job(processor=processor, split=split, combine=combine,
+               input_data=ns.get("input_data"), name=os.path.basename(path), path=path,
+               form=form, digest=digest)
+
+
+# -- input --------------------------------------------------------------------------------------
+
+def open_input(input: Any) -> Optional[IO[str]]:
+    """A path or '-' opened for lazy reading; None when the job's own input_data applies."""
+    if input is None:
+        return None
+    if input == "-":
+        return sys.stdin
+    if isinstance(input, (str, os.PathLike)):
+        try:
+            return open(input, "r", encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            raise UsageError(f"input {os.fspath(input)}: {exc.strerror or exc}") from None
+    if hasattr(input, "read"):
+        return input
+    raise UsageError(f"input must be a path, '-' or an open file, not {type(input).__name__}")
+
+
+def _lines(handle: IO[str]) -> Iterator[str]:
+    for line in handle:
+        yield line[:-1] if line.endswith("\n") else line
+
+
+def default_split(input_data: Any) -> Iterable[Any]:
+    """A str splits into lines, a file into its lines (lazily), any other iterable into items."""
+    if input_data is None:
+        raise UsageError("the job has no input: define input_data in the job file or pass --input")
+    if isinstance(input_data, (str, bytes)):
+        return input_data.splitlines()
+    if hasattr(input_data, "readline"):
+        return _lines(input_data)
+    try:
+        return iter(input_data)
+    except TypeError:
+        raise UsageError(f"input_data of type {type(input_data).__name__} cannot be split "
+                         "into taskunits; define split(input_data)") from None
+
+
+def default_combine(results: Iterator[Any]) -> None:
+    for result in results:
+        print(result)
+
+
+def _modern_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:
+    handle = open_input(input)
+    data = handle if handle is not None else job.input_data
+    split = job.split or default_split
+    items = split(data) if job.split else default_split(data)
+    combine = job.combine or default_combine
+    wants_failures = job.combine is not None and _positional_count(combine, job.path or "", "combine") == 2
+
+    def run_combine(results: Iterator[Any], failures: List[Any]) -> Any:
+        with _printing_to(output):
+            return combine(results, failures) if wants_failures else combine(results)
+
+    closer = handle.close if handle is not None and handle is not sys.stdin else (lambda: None)
+    return Plan(items=items, processor=job.processor, combine=run_combine, closer=closer)
+
+
+# -- the original form --------------------------------------------------------------------------
+
+def _original_default_split(self: Any, input_data: Any, processor: Callable) -> Iterator[Any]:
+    for line in str(input_data).split("\n"):
+        yield taskunit_module.TaskUnit(data=line, processor=processor)
+
+
+class _OriginalJob:
+    """What `self` is for an original-form split()/combine(): it holds the taskunits."""
+
+    def __init__(self, input_data: Any) -> None:
+        self.input_data = input_data
+        self.taskunits: List[taskunit_module.TaskUnit] = []
+
+
+def _with_self(fn: Callable) -> Callable[[Any], Any]:
+    """processor(self, data) -> a one-argument callable; defined locally so it ships by value."""
+
+    def call_original_processor(data: Any) -> Any:
+        import types as _types
+
+        return fn(_types.SimpleNamespace(data=data), data)
+
+    return call_original_processor
+
+
+def _original_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:
+    handle = open_input(input)
+    if handle is not None:
+        input_data = handle.read()  # the original form's split() expects the whole text
+        if handle is not sys.stdin:
+            handle.close()
+    else:
+        input_data = job.input_data
+    if input_data is None:
+        raise UsageError(f"{job.name}: the job has no input: define input_data or pass --input")
+    owner = _OriginalJob(input_data)
+
+    def taskunit_data() -> Iterator[Any]:
+        for index, unit in enumerate(job.split(owner, input_data, job.processor)):
+            if not isinstance(unit, taskunit_module.TaskUnit):
+                unit = taskunit_module.TaskUnit(data=unit)
+            unit.id = index
+            unit.setstate("PENDING")
+            owner.taskunits.append(unit)
+            yield unit.data
+
+    def run_combine(results: Iterator[Any], failures: List[Any]) -> Any:
+        for unit, result in zip(owner.taskunits, results):
+            unit.result = result
+            unit.setstate("COMPLETED")
+        for failure in failures:
+            unit = owner.taskunits[failure.taskunit_id]
+            unit.error = failure
+            unit.setstate("BAILED")
+        if job.combine is None:
+            with _printing_to(output):
+                for unit in owner.taskunits:
+                    print(unit.result)
+            return None
+        with _printing_to(output):
+            return job.combine(owner)
+
+    return Plan(items=taskunit_data(), processor=_with_self(job.processor), combine=run_combine)
+
+
+@contextlib.contextmanager
+def _printing_to(output: Optional[IO[str]]) -> Iterator[None]:
+    if output is None:
+        yield
+        return
+    with contextlib.redirect_stdout(output):
+        yield

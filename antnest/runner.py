@@ -1,0 +1,476 @@
+"""The remote side: one self-contained, stdlib-only module, shipped as source (Python 3.8+).
+
+The master sends this file's source as stage 2 (see bootstrap.py) and imports the framing from
+here too, so there is exactly one definition of the wire.
+
+    master                                     runner (this module, on the host)
+    ------                                     ---------------------------------
+    stage 1: python3 -c '<loader>'   ───────▶  reads stage 2 from stdin, exec()s it in memory
+                                     ◀───────  HELLO   {python, hostname, pid, cpus, ...}
+    JOB     (fn id, cloudpickled fn) ───────▶  unpickled once, kept by id
+    TASKS   (batch, fn id, [data])   ───────▶  queued; run in order by the main thread
+                                     ◀───────  RESULTS (batch, offset, [value], {i: error}, secs)
+                                     ◀───────  LOG     (batch, index, text)  print()/fd 1/fd 2
+                                     ◀───────  TIMEOUT (batch, index, secs)  then the runner exits
+    PING                             ───────▶  keeps the idle watchdog quiet
+    BYE / stdin EOF                  ───────▶  the runner exits at once, even mid-task
+
+A frame is an 9-byte header (payload length: u64 big-endian, kind: u8) and a payload. Payloads
+are pickled with the stdlib pickle; functions arrive cloudpickled, once per job per runner.
+
+The protocol lives on private file descriptors: fd 0 becomes /dev/null and fds 1 and 2 a pipe
+that a thread forwards as LOG frames, so neither print() nor a C library writing to stdout can
+corrupt a frame.
+"""
+import enum
+import io
+import json
+import os
+import pickle
+import platform
+import queue
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+
+PROTOCOL_VERSION = 1
+MAGIC = b"ANTNEST1"
+HEADER = struct.Struct(">QB")
+FLUSH_AFTER = 0.05  # seconds: a long batch sends partial results this often
+
+
+class Kind(enum.IntEnum):
+    HELLO = 1
+    JOB = 2
+    TASKS = 3
+    RESULTS = 4
+    LOG = 5
+    BYE = 6
+    PING = 7
+    TIMEOUT = 8
+    FATAL = 9
+
+
+def encode(kind, payload):
+    """One frame as bytes; callers may join several frames into one write."""
+    return HEADER.pack(len(payload), kind) + payload
+
+
+class FrameReader(object):
+    """Splits a byte stream into (kind, payload) frames; `read(n)` returns b'' at EOF."""
+
+    def __init__(self, read, chunk=1 << 20):
+        self._read = read
+        self._chunk = chunk
+        self._buf = bytearray()
+
+    def next(self):
+        """The next frame, or None at a clean EOF between frames."""
+        need = HEADER.size
+        while len(self._buf) < need:
+            if not self._fill():
+                if self._buf:
+                    raise EOFError("stream closed inside a frame header")
+                return None
+        size, kind = HEADER.unpack_from(self._buf)
+        need += size
+        while len(self._buf) < need:
+            if not self._fill():
+                raise EOFError("stream closed inside a frame")
+        payload = bytes(self._buf[HEADER.size:need])
+        del self._buf[:need]
+        return kind, payload
+
+    def _fill(self):
+        data = self._read(self._chunk)
+        if not data:
+            return False
+        self._buf += data
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything below runs only on the host.
+
+
+class _Writer(object):
+    """Frames out on the private protocol fd; shared by the main thread and the log thread."""
+
+    def __init__(self, fd):
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def send(self, kind, payload):
+        data = memoryview(encode(kind, payload))
+        with self._lock:
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+
+
+class _Current(object):
+    """Which taskunit the main thread runs, for LOG attribution and the timeout watchdog."""
+
+    batch = None
+    index = -1
+    started = 0.0
+
+
+class _TextToLog(io.TextIOBase):
+    """sys.stdout/sys.stderr replacement: each line becomes a LOG frame tagged with its task."""
+
+    def __init__(self, writer, current, name):
+        self._writer = writer
+        self._current = current
+        self._buf = ""
+        self.name = name
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        self._buf += text
+        if "\n" in self._buf:
+            lines, _, self._buf = self._buf.rpartition("\n")
+            self._emit(lines)
+        return len(text)
+
+    def flush(self):
+        if self._buf:
+            text, self._buf = self._buf, ""
+            self._emit(text)
+
+    def fileno(self):
+        return 1 if self.name == "stdout" else 2
+
+    def _emit(self, text):
+        payload = pickle.dumps((self._current.batch, self._current.index, text))
+        self._writer.send(Kind.LOG, payload)
+
+
+def _forward_fd_output(read_fd, writer, current):
+    """Bytes written straight to fds 1/2 (os.write, C code, child processes) become LOG frames."""
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(read_fd, 65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        pending += chunk
+        if b"\n" not in pending and len(pending) < 65536:
+            continue
+        lines, _, pending = pending.rpartition(b"\n") if b"\n" in pending else (pending, b"", b"")
+        text = lines.decode("utf-8", "replace")
+        writer.send(Kind.LOG, pickle.dumps((current.batch, current.index, text)))
+
+
+def _read_exact(fd, n):
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+class _ShippedModules(object):
+    """A meta path finder serving modules from source held in memory (nothing touches disk)."""
+
+    def __init__(self, sources):
+        self._sources = sources  # {"pkg.mod": (is_package, source)}
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self._sources:
+            return None
+        import importlib.util
+
+        is_package, _ = self._sources[name]
+        return importlib.util.spec_from_loader(name, self, is_package=is_package)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        is_package, source = self._sources[module.__name__]
+        if is_package:
+            module.__path__ = []
+        code = compile(source, "<antnest shipped %s>" % module.__name__, "exec")
+        exec(code, module.__dict__)
+
+
+def _ensure_cloudpickle(shipped, wanted_version):
+    """Use the host's cloudpickle when it is the master's version, else serve ours from memory."""
+    try:
+        import cloudpickle
+
+        if getattr(cloudpickle, "__version__", None) == wanted_version or not shipped:
+            return "found"
+        for name in list(sys.modules):
+            if name == "cloudpickle" or name.startswith("cloudpickle."):
+                del sys.modules[name]
+    except ImportError:
+        if not shipped:
+            return "missing"
+    sys.meta_path.insert(0, _ShippedModules(shipped))
+    return "shipped"
+
+
+def _hello_info(cloudpickle_state):
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return {
+        "magic": MAGIC.decode(),
+        "protocol": PROTOCOL_VERSION,
+        "python": list(sys.version_info[:3]),
+        "implementation": platform.python_implementation(),
+        "executable": sys.executable,
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "cpus": cpus,
+        "pickle_protocol": pickle.HIGHEST_PROTOCOL,
+        "cloudpickle": cloudpickle_state,
+    }
+
+
+class _Runner(object):
+    def __init__(self, proto_in, writer, current):
+        self.writer = writer
+        self.current = current
+        self.inbox = queue.Queue()
+        self.functions = {}
+        self.task_timeout = None
+        self.idle_timeout = None
+        self.heartbeat = None
+        self.master_python = "?"
+        self.last_heard = time.monotonic()
+        self._in = proto_in
+
+    # The reader thread: frames in; EOF means the master is gone, so leave at once.
+    def read_loop(self):
+        reader = FrameReader(lambda n: os.read(self._in, n))
+        try:
+            while True:
+                frame = reader.next()
+                if frame is None:
+                    break
+                self.last_heard = time.monotonic()
+                kind, payload = frame
+                if kind == Kind.PING:
+                    continue
+                if kind == Kind.BYE:
+                    break
+                self.inbox.put(frame)
+        except (OSError, EOFError):
+            pass
+        _exit_now(0)
+
+    def watchdog(self):
+        """Stop a task past its timeout, and leave when the master has been silent too long."""
+        last_beat = time.monotonic()
+        while True:
+            time.sleep(0.05)
+            now = time.monotonic()
+            if self.heartbeat and now - last_beat >= self.heartbeat:
+                last_beat = now
+                self.writer.send(Kind.PING, b"")
+            cur = self.current
+            if self.task_timeout and cur.batch is not None and cur.index >= 0:
+                elapsed = now - cur.started
+                if elapsed > self.task_timeout:
+                    payload = pickle.dumps((cur.batch, cur.index, elapsed))
+                    try:
+                        self.writer.send(Kind.TIMEOUT, payload)
+                    finally:
+                        _exit_now(3)
+            if self.idle_timeout and now - self.last_heard > self.idle_timeout:
+                _exit_now(4)
+
+    def serve(self):
+        while True:
+            kind, payload = self.inbox.get()
+            if kind == Kind.JOB:
+                self._load_job(payload)
+            elif kind == Kind.TASKS:
+                self._run_batch(payload)
+
+    def _load_job(self, payload):
+        fn_id, blob, options = pickle.loads(payload)
+        for name in ("task_timeout", "idle_timeout", "heartbeat", "master_python"):
+            if name in options:
+                setattr(self, name, options[name])
+        if fn_id is None:
+            return
+        try:
+            self.functions[fn_id] = pickle.loads(blob)
+        except BaseException:
+            self.functions[fn_id] = _Unloadable(traceback.format_exc(), self.master_python)
+
+    def _run_batch(self, payload):
+        batch_id, fn_id, items = pickle.loads(payload)
+        fn = self.functions.get(fn_id)
+        cur = self.current
+        values = []
+        errors = {}
+        offset = 0
+        clock = time.perf_counter
+        start = clock()
+        cur.batch = batch_id
+        for index, item in enumerate(items):
+            cur.index = index
+            cur.started = time.monotonic()
+            try:
+                values.append(fn(item))
+            except BaseException as exc:  # the task's failure travels home, whatever it is
+                errors[index] = _describe_error(exc, skip_frames=1)
+                values.append(None)
+            now = clock()
+            if now - start > FLUSH_AFTER and index + 1 < len(items):
+                self._flush_output()
+                self._send_results(batch_id, offset, values, errors, now - start)
+                offset = index + 1
+                values = []
+                errors = {}
+                start = now
+        cur.index = -1
+        self._flush_output()
+        self._send_results(batch_id, offset, values, errors, clock() - start)
+        cur.batch = None
+
+    def _flush_output(self):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a user replaced sys.stdout with something odd
+                pass
+
+    def _send_results(self, batch_id, offset, values, errors, elapsed):
+        record = (batch_id, offset, values, errors, elapsed)
+        try:
+            payload = pickle.dumps(record, protocol=5)
+        except Exception:
+            payload = _pickle_with_fallback(record)
+        self.writer.send(Kind.RESULTS, payload)
+
+
+def _pickle_with_fallback(record):
+    """Some value needs cloudpickle (a lambda, a class made here); one that no pickler
+    takes turns into that taskunit's error instead of losing the batch."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(record, protocol=5)
+    except Exception:
+        pass
+    batch_id, offset, values, errors, elapsed = record
+    for index, value in enumerate(values):
+        try:
+            cloudpickle.dumps(value, protocol=5)
+        except Exception as exc:
+            problem = TypeError(
+                "the result of this taskunit cannot be pickled: %s: %s" % (type(exc).__name__, exc)
+            )
+            errors[offset + index] = _describe_error(problem)
+            values[index] = None
+    return cloudpickle.dumps((batch_id, offset, values, errors, elapsed), protocol=5)
+
+
+class _Unloadable(object):
+    """Stands in for a function that failed to unpickle here; every call reports why."""
+
+    def __init__(self, text, master_python):
+        self.text = text
+        self.master_python = master_python
+
+    def __call__(self, item):
+        raise RuntimeError(
+            "the processor could not be loaded on this host (Python %s; the master runs "
+            "Python %s, and functions defined by value only load on the same minor "
+            "version):\n%s" % (platform.python_version(), self.master_python, self.text)
+        )
+
+
+def _describe_error(exc, skip_frames=0):
+    """(pickled exception or None, type name, message, traceback text) for the master."""
+    tb = exc.__traceback__
+    for _ in range(skip_frames):  # the runner's own frames say nothing about the task
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    blob = None
+    try:
+        blob = pickle.dumps(exc, protocol=5)
+        pickle.loads(blob)
+    except Exception:
+        blob = None
+        try:
+            import cloudpickle
+
+            blob = cloudpickle.dumps(exc, protocol=5)
+        except Exception:
+            blob = None
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<unprintable>"
+    return (blob, type(exc).__module__ + "." + type(exc).__qualname__, message, text)
+
+
+def _exit_now(code):
+    """Leave without running user atexit hooks or joining threads: the master is gone."""
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    os._exit(code)
+
+
+def main(shipped=None, cloudpickle_version=None):
+    """Entry point of stage 2: take the protocol fds private, say HELLO, then serve."""
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    fatal_fd = os.dup(2)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 1)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    for fd in (proto_in, proto_out, fatal_fd, read_fd):
+        os.set_inheritable(fd, False)
+
+    writer = _Writer(proto_out)
+    current = _Current()
+    sys.stdout = _TextToLog(writer, current, "stdout")
+    sys.stderr = _TextToLog(writer, current, "stderr")
+    sys.stdin = open(os.devnull)
+    try:
+        cloudpickle_state = _ensure_cloudpickle(shipped or {}, cloudpickle_version)
+        hello = _hello_info(cloudpickle_state)
+    except BaseException:
+        os.write(fatal_fd, traceback.format_exc().encode())
+        _exit_now(2)
+    writer.send(Kind.HELLO, json.dumps(hello).encode())
+
+    runner = _Runner(proto_in, writer, current)
+    for target in (runner.read_loop, runner.watchdog):
+        threading.Thread(target=target, daemon=True).start()
+    threading.Thread(target=_forward_fd_output, args=(read_fd, writer, current), daemon=True).start()
+    try:
+        runner.serve()
+    except BaseException:
+        text = traceback.format_exc()
+        try:
+            writer.send(Kind.FATAL, text.encode())
+        finally:
+            os.write(fatal_fd, text.encode())
+            _exit_now(2)

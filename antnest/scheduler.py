@@ -1,0 +1,639 @@
+"""Dispatch: calls are cut into batches, batches go to worker windows, results go back to calls.
+
+    Call (job run, map, imap_unordered, submit)   lazily pulled, bounded by max_ahead
+      └─ take(n) ─▶ Batch(first_seq, items) ─▶ Worker window (≤ `window` batches in flight)
+                                                   │ RESULTS (partial prefixes of a batch)
+      ◀─ accept(seq, values) ◀─ filled-bitmap check ◀┘  (each taskunit accepted exactly once)
+
+A worker that vanishes gives back the unfinished suffix of every batch it held. The first of them
+was running: its items are suspects, counted against --max-lost; the others are requeued as they
+were. Batch sizes adapt per call so a batch takes about `target_batch_seconds` on a runner.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import pickle
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import cloudpickle
+
+from antnest.errors import (
+    JobTimeout,
+    NoHostsError,
+    RemoteError,
+    TaskError,
+    TaskLost,
+    TaskTimeout,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Failure and pacing knobs; the CLI flags and Cluster keyword arguments map onto these."""
+
+    retries: int = 0                 # re-runs of a taskunit whose processor raised
+    max_lost: int = 2                # re-runs of a taskunit that took its runner down
+    task_timeout: Optional[float] = None
+    keep_going: bool = False
+    window: int = 2                  # batches in flight per worker
+    target_batch_seconds: float = 0.02
+    max_batch_items: int = 8192
+    max_batch_bytes: int = 4 << 20
+    max_ahead: int = 1 << 18         # taskunits taken but not yet consumed, per call
+
+
+_ids = itertools.count(1)
+
+
+class Batch:
+    """A contiguous run of a call's taskunits. Requeued parts share the root's `filled` map."""
+
+    __slots__ = ("id", "call", "first_seq", "items", "filled", "base", "attempts", "lost",
+                 "avoid", "suspect", "sent_at")
+
+    def __init__(self, call: "Call", first_seq: int, items: list, filled: Optional[bytearray] = None,
+                 base: int = 0, attempts: int = 0, lost: int = 0, avoid: frozenset = frozenset()):
+        self.id = next(_ids)
+        self.call = call
+        self.first_seq = first_seq
+        self.items = items
+        self.filled = filled if filled is not None else bytearray(len(items))
+        self.base = base            # where this batch starts inside `filled`
+        self.attempts = attempts    # times its taskunit(s) raised already (single-item retries)
+        self.lost = lost            # runners lost while running it
+        self.avoid = avoid          # hosts to avoid (retry elsewhere when possible)
+        self.suspect = False
+        self.sent_at = 0.0
+
+    def part(self, start: int, stop: Optional[int] = None, fresh: bool = False,
+             **changes: Any) -> "Batch":
+        """Items [start:stop] as a new batch; it shares this batch's exactly-once map unless
+        `fresh` (then the caller marks the slots here as handed over)."""
+        stop = len(self.items) if stop is None else stop
+        fields = dict(attempts=self.attempts, lost=self.lost, avoid=self.avoid)
+        fields.update(changes)
+        if fresh:
+            return Batch(self.call, self.first_seq + start, self.items[start:stop], **fields)
+        return Batch(self.call, self.first_seq + start, self.items[start:stop], self.filled,
+                     self.base + start, **fields)
+
+    def unfinished(self) -> List[int]:
+        """Indexes of items not yet accepted."""
+        window = self.filled[self.base:self.base + len(self.items)]
+        return [i for i, done in enumerate(window) if not done]
+
+
+class Failure:
+    """A taskunit that failed for good, kept in order for keep-going combines."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: TaskError) -> None:
+        self.error = error
+
+
+class Call:
+    """One stream of taskunits sharing a function: a job run, a map, or a set of submits."""
+
+    def __init__(self, scheduler: "Scheduler", fn: Callable, items: Iterable = (),
+                 policy: Optional[Policy] = None, name: str = "") -> None:
+        self.scheduler = scheduler
+        self.policy = policy or scheduler.policy
+        self.fn_id = next(_ids)
+        self.fn_blob = cloudpickle.dumps(fn, protocol=5)
+        self.name = name or getattr(fn, "__qualname__", repr(fn))
+        self._input: Optional[Iterator] = iter(items)
+        self.next_seq = 0            # next taskunit id to hand out
+        self.taken = 0
+        self.consumed = 0
+        self.exhausted = False
+        self.error: Optional[BaseException] = None   # ends the call (fail fast, cancel, no hosts)
+        self.failures: List[TaskError] = []
+        self.retried = 0
+        self.seconds_per_item = 0.0
+        self.bytes_per_item = 0.0
+        self.inflight = 0            # items in batches not yet fully accepted
+        self.input_error: Optional[BaseException] = None
+
+    # -- input side (scheduler lock held) ------------------------------------------------
+    def batch_size(self) -> int:
+        p = self.policy
+        if self.seconds_per_item <= 0:
+            size = 8
+        else:
+            size = int(p.target_batch_seconds / self.seconds_per_item) or 1
+        if self.bytes_per_item > 0:
+            size = min(size, int(p.max_batch_bytes / self.bytes_per_item) or 1)
+        return max(1, min(size, p.max_batch_items))
+
+    def take(self) -> Optional[Batch]:
+        if self.exhausted or self.error is not None:
+            return None
+        if self.taken - self.consumed >= self.policy.max_ahead:
+            return None
+        size = self.batch_size()
+        try:
+            items = list(itertools.islice(self._input, size))
+        except Exception as exc:  # the user's split()/iterable raised: the call ends with it
+            self.input_error = exc
+            items = []
+        if len(items) < size:
+            self.exhausted = True
+            self._input = None
+        if not items:
+            if self.input_error is not None:
+                self.fail(self.input_error)
+            else:
+                self._maybe_done()
+            return None
+        batch = Batch(self, self.next_seq, items)
+        self.next_seq += len(items)
+        self.taken += len(items)
+        self.inflight += len(items)
+        return batch
+
+    def learn(self, items: int, seconds: float, payload_bytes: int = 0) -> None:
+        """Adapt the batch size from what a runner reported."""
+        if items <= 0:
+            return
+        per_item = seconds / items
+        self.seconds_per_item = per_item if self.seconds_per_item <= 0 else (
+            0.7 * self.seconds_per_item + 0.3 * per_item)
+        if payload_bytes:
+            per = payload_bytes / items
+            self.bytes_per_item = per if self.bytes_per_item <= 0 else 0.7 * self.bytes_per_item + 0.3 * per
+
+    # -- output side (scheduler lock held) -----------------------------------------------
+    def accept(self, seq: int, values: list) -> None:
+        raise NotImplementedError
+
+    def reject(self, seq: int, error: TaskError) -> None:
+        """A taskunit failed for good."""
+        self.inflight -= 1
+        self.failures.append(error)
+        if not self.policy.keep_going:
+            self.fail(error)
+        else:
+            self.accept_failure(seq, error)
+
+    def accept_failure(self, seq: int, error: TaskError) -> None:
+        raise NotImplementedError
+
+    def fail(self, error: BaseException) -> None:
+        """End the call: nothing more is taken, readers see `error`."""
+        if self.error is None:
+            self.error = error
+            self.exhausted = True
+            self._input = None
+            self.scheduler.cond.notify_all()
+            self._on_end()
+
+    def _maybe_done(self) -> None:
+        if self.exhausted and self.inflight == 0 and self.error is None:
+            self.scheduler.cond.notify_all()
+            self._on_end()
+
+    def _on_end(self) -> None:
+        self.scheduler.forget(self)
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or (self.exhausted and self.inflight == 0)
+
+
+class OrderedCall(Call):
+    """Results in input order (job runs, Cluster.map): a reorder buffer bounded by max_ahead."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: Dict[int, list] = {}
+        self._ready: Deque[list] = collections.deque()
+        self._next_out = 0
+
+    def accept(self, seq: int, values: list) -> None:
+        self.inflight -= len(values)
+        self._pending[seq] = values
+        self._drain()
+
+    def accept_failure(self, seq: int, error: TaskError) -> None:
+        self._pending[seq] = [Failure(error)]
+        self._drain()
+
+    def _drain(self) -> None:
+        moved = False
+        while self._next_out in self._pending:
+            chunk = self._pending.pop(self._next_out)
+            self._next_out += len(chunk)
+            self._ready.append(chunk)
+            moved = True
+        if moved:
+            self.scheduler.cond.notify_all()
+        self._maybe_done()
+
+    def results(self, with_failures: bool = False) -> Iterator[Any]:
+        """Values in order; a Failure object stands for a failed taskunit when asked for."""
+        sched = self.scheduler
+        while True:
+            with sched.cond:
+                while not self._ready:
+                    if self.error is not None:
+                        raise self.error
+                    if self.done:
+                        return
+                    sched.wait(self)
+                chunk = self._ready.popleft()
+                throttled = self.taken - self.consumed >= self.policy.max_ahead
+                self.consumed += len(chunk)
+            if throttled:
+                sched.pump()
+            if len(chunk) == 1 and type(chunk[0]) is Failure:
+                if with_failures:
+                    yield chunk[0]
+                continue
+            yield from chunk
+
+
+class UnorderedCall(OrderedCall):
+    """Results as they arrive (imap_unordered)."""
+
+    def accept(self, seq: int, values: list) -> None:
+        self.inflight -= len(values)
+        self._ready.append(values)
+        self.scheduler.cond.notify_all()
+        self._maybe_done()
+
+    def accept_failure(self, seq: int, error: TaskError) -> None:
+        self._ready.append([Failure(error)])
+        self.scheduler.cond.notify_all()
+
+
+class FutureCall(Call):
+    """Cluster.submit: one future per taskunit, fed from a queue rather than an iterator."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queue: Deque[Tuple[Any, Future]] = collections.deque()
+        self._futures: Dict[int, Future] = {}
+        self.policy = Policy(**{**self.policy.__dict__, "keep_going": True})
+
+    def add(self, item: Any) -> Future:
+        future: Future = Future()
+        self._queue.append((item, future))
+        self.exhausted = False
+        return future
+
+    def take(self) -> Optional[Batch]:
+        if self.error is not None:
+            return None
+        items = []
+        while self._queue and len(items) < self.batch_size():
+            item, future = self._queue.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            self._futures[self.next_seq + len(items)] = future
+            items.append(item)
+        if not items:
+            return None
+        batch = Batch(self, self.next_seq, items)
+        self.next_seq += len(items)
+        self.inflight += len(items)
+        return batch
+
+    def accept(self, seq: int, values: list) -> None:
+        self.inflight -= len(values)
+        for offset, value in enumerate(values):
+            self._futures.pop(seq + offset).set_result(value)
+
+    def accept_failure(self, seq: int, error: TaskError) -> None:
+        self._futures.pop(seq).set_exception(as_raisable(error))
+
+    def fail(self, error: BaseException) -> None:
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(error)
+        self._futures.clear()
+        while self._queue:
+            _, future = self._queue.popleft()
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
+        self.inflight = 0
+
+    def cancel_pending(self) -> None:
+        while self._queue:
+            self._queue.popleft()[1].cancel()
+
+    def _on_end(self) -> None:  # lives as long as the cluster
+        pass
+
+
+class RemoteTraceback(Exception):
+    """The remote traceback, chained as __cause__ like concurrent.futures does."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def as_raisable(error: TaskError) -> BaseException:
+    """The remote exception as its own type when it could be rebuilt, else the TaskError."""
+    exc = getattr(error, "exception", None)
+    if exc is None:
+        return error
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{error.remote_traceback.rstrip()}\n"""')
+    if hasattr(exc, "add_note") and not getattr(exc, "_antnest_noted", False):
+        exc.add_note(f"(taskunit {error.taskunit_id} on {error.host})")
+        exc._antnest_noted = True
+    exc.antnest_taskunit = error.taskunit_id
+    exc.antnest_host = error.host
+    return exc
+
+
+def build_task_error(batch: Batch, index: int, host: str, desc: tuple) -> TaskError:
+    """Turn the runner's (blob, type name, message, traceback) into a TaskError."""
+    blob, type_name, message, text = desc
+    exc = None
+    if blob is not None:
+        try:
+            exc = pickle.loads(blob)
+        except Exception as load_error:
+            log.debug("cannot rebuild remote %s here: %s", type_name, load_error)
+            exc = None
+    seq = batch.first_seq + index
+    data = batch.items[index]
+    problem = f"{type_name.split('.', 1)[-1] if type_name.startswith('builtins.') else type_name}: {message}"
+    attempts = batch.attempts + 1
+    if exc is None:
+        err: TaskError = RemoteError(seq, host, problem, data=data, remote_traceback=text,
+                                     attempts=attempts, type_name=type_name)
+    else:
+        err = TaskError(seq, host, problem, data=data, remote_traceback=text, attempts=attempts)
+    err.exception = exc
+    return err
+
+
+class Scheduler:
+    """Owns the work queue; workers call in with frames, calls call in for results."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.cond = threading.Condition()
+        self.workers: List[Any] = []
+        self.calls: List[Call] = []
+        self.requeued: Deque[Batch] = collections.deque()
+        self._rr = 0
+        self.closed: Optional[BaseException] = None
+        self.starting = 0            # runners booting; no worker and none starting: no way on
+        self.stats = collections.Counter()
+
+    # -- registration --------------------------------------------------------------------
+    def add_call(self, call: Call) -> Call:
+        with self.cond:
+            if self.closed is not None:
+                raise self.closed
+            self.calls.append(call)
+            self._check_alive()
+        self.pump()
+        return call
+
+    def forget(self, call: Call) -> None:
+        if call in self.calls:
+            self.calls.remove(call)
+
+    def booting(self, count: int = 1) -> None:
+        with self.cond:
+            self.starting += count
+
+    def boot_failed(self) -> None:
+        with self.cond:
+            self.starting -= 1
+            self._check_alive()
+            self.cond.notify_all()
+
+    def add_worker(self, worker: Any) -> None:
+        with self.cond:
+            self.starting -= 1
+            self.workers.append(worker)
+            self.cond.notify_all()
+        self.pump()
+
+    def wait(self, call: Call, timeout: float = 1.0) -> None:
+        """Wait (lock held) for progress; notices a cluster with no way left to make any."""
+        self._check_alive()
+        if call.error is None:
+            self.cond.wait(timeout)
+
+    def _check_alive(self) -> None:
+        if self.closed is not None:
+            for call in list(self.calls):
+                call.fail(self.closed)
+            return
+        if not self.workers and self.starting <= 0:
+            error = self.no_hosts_error()
+            for call in list(self.calls):
+                call.fail(error)
+
+    def no_hosts_error(self) -> BaseException:
+        return NoHostsError([], "every host is lost or failed to start")
+
+    # -- dispatch ------------------------------------------------------------------------
+    def pump(self) -> None:
+        """Fill every worker's window; sends happen outside the lock, in order per worker."""
+        touched = []
+        with self.cond:
+            if not self.workers or self.closed is not None:
+                return
+            count = len(self.workers)
+            self._rr = (self._rr + 1) % count
+            for i in range(count):
+                worker = self.workers[(self._rr + i) % count]
+                if not worker.accepting:
+                    continue
+                added = False
+                while len(worker.inflight) < self.policy.window:
+                    batch = self._next_batch(worker)
+                    if batch is None:
+                        break
+                    batch.sent_at = time.monotonic()
+                    worker.inflight[batch.id] = batch
+                    worker.outbox.append(batch)
+                    added = True
+                if added:
+                    touched.append(worker)
+        for worker in touched:
+            worker.flush_outbox()
+
+    def _next_batch(self, worker: Any) -> Optional[Batch]:
+        for _ in range(len(self.requeued)):
+            batch = self.requeued.popleft()
+            if batch.call.error is not None:
+                continue
+            if worker.host_name in batch.avoid and self._someone_else_can(batch):
+                self.requeued.append(batch)
+                continue
+            return batch
+        calls = self.calls
+        for i in range(len(calls)):
+            call = calls[(self._rr + i) % len(calls)]
+            batch = call.take()
+            if batch is not None:
+                return batch
+        return None
+
+    def _someone_else_can(self, batch: Batch) -> bool:
+        return any(w.host_name not in batch.avoid and w.accepting for w in self.workers)
+
+    # -- frames from workers -------------------------------------------------------------
+    def on_results(self, worker: Any, record: tuple, payload_size: int) -> None:
+        batch_id, offset, values, errors, elapsed = record
+        with self.cond:
+            batch = worker.inflight.get(batch_id)
+            if batch is None:
+                return
+            call = batch.call
+            n = len(values)
+            call.learn(n, elapsed, payload_size)
+            lo = batch.base + offset
+            if call.error is None:
+                if not errors and batch.filled.find(1, lo, lo + n) == -1:
+                    batch.filled[lo:lo + n] = b"\x01" * n
+                    call.accept(batch.first_seq + offset, values)
+                else:
+                    self._accept_slow(worker, batch, offset, values, errors)
+            if batch.filled.find(0, batch.base, batch.base + len(batch.items)) == -1:
+                del worker.inflight[batch_id]
+            self.stats["results"] += n
+        self.pump()
+
+    def _accept_slow(self, worker: Any, batch: Batch, offset: int, values: list,
+                     errors: dict) -> None:
+        call = batch.call
+        run_start = None
+        for i in range(offset, offset + len(values) + 1):
+            ok = i < offset + len(values) and i not in errors and not batch.filled[batch.base + i]
+            if ok and run_start is None:
+                run_start = i
+            if not ok and run_start is not None:
+                batch.filled[batch.base + run_start:batch.base + i] = b"\x01" * (i - run_start)
+                call.accept(batch.first_seq + run_start, values[run_start - offset:i - offset])
+                run_start = None
+            if i in errors and not batch.filled[batch.base + i]:
+                error = build_task_error(batch, i, worker.host_name, errors[i])
+                self._task_failed(worker, batch, i, error)
+
+    def _task_failed(self, worker: Any, batch: Batch, index: int, error: TaskError) -> None:
+        call = batch.call
+        attempts = batch.attempts + 1
+        if attempts <= call.policy.retries and call.error is None:
+            retry = batch.part(index, index + 1, fresh=True, attempts=attempts,
+                               avoid=batch.avoid | {worker.host_name})
+            self.requeued.append(retry)
+            batch.filled[batch.base + index] = 1  # now owned by `retry` alone
+            call.retried += 1
+            self.stats["retried"] += 1
+            log.warning("taskunit %d failed on %s (%s); retry %d of %d", error.taskunit_id,
+                        worker.host_name, error.problem, attempts, call.policy.retries)
+            return
+        batch.filled[batch.base + index] = 1
+        self.stats["failed"] += 1
+        call.reject(batch.first_seq + index, error)
+
+    def on_timeout(self, worker: Any, batch_id: int, index: int, elapsed: float) -> None:
+        """The runner stopped a taskunit past --task-timeout and is exiting."""
+        with self.cond:
+            worker.culprit_known = True
+            batch = worker.inflight.get(batch_id)
+            if batch is None or batch.filled[batch.base + index]:
+                return
+            seq = batch.first_seq + index
+            error = TaskTimeout(seq, worker.host_name,
+                                f"ran longer than the task timeout ({elapsed:.1f} s > "
+                                f"{batch.call.policy.task_timeout:g} s); its runner was stopped",
+                                data=batch.items[index], attempts=batch.attempts + 1)
+            error.exception = None
+            if batch.call.error is None:
+                self._task_failed(worker, batch, index, error)
+
+    def on_lost(self, worker: Any, reason: str, blame: bool, will_restart: bool) -> None:
+        """Give back every unfinished taskunit of a vanished worker."""
+        with self.cond:
+            if worker in self.workers:
+                self.workers.remove(worker)
+            if will_restart:
+                self.starting += 1
+            batches = list(worker.inflight.values())
+            worker.inflight.clear()
+            worker.outbox.clear()
+            for position, batch in enumerate(batches):
+                if batch.call.error is not None:
+                    continue
+                todo = batch.unfinished()
+                if not todo:
+                    continue
+                first = todo[0]
+                rest = batch.part(first)
+                if position == 0 and blame and not worker.culprit_known:
+                    self._blame(worker, rest, reason)
+                else:
+                    self.requeued.append(rest)
+            self.stats["lost"] += 1
+            self._check_alive()
+            self.cond.notify_all()
+        self.pump()
+
+    def _blame(self, worker: Any, batch: Batch, reason: str) -> None:
+        """The running batch took its runner down: its items become single suspects."""
+        for index in range(len(batch.items)):
+            if batch.filled[batch.base + index]:
+                continue
+            single = batch.part(index, index + 1, lost=batch.lost + 1,
+                                avoid=batch.avoid | {worker.host_name})
+            if single.lost > batch.call.policy.max_lost and len(batch.items) == 1:
+                error = TaskLost(single.first_seq, worker.host_name,
+                                 f"killed {single.lost} runners ({reason}); not run again "
+                                 f"(--max-lost {batch.call.policy.max_lost})",
+                                 data=single.items[0], attempts=single.lost)
+                error.exception = None
+                batch.filled[batch.base + index] = 1
+                self.stats["failed"] += 1
+                batch.call.reject(single.first_seq, error)
+                continue
+            self.requeued.append(single)
+
+    def unsendable(self, worker: Any, batch: Batch, exc: Exception) -> None:
+        """A batch whose data cannot be pickled: its taskunits fail, nothing else does."""
+        with self.cond:
+            worker.inflight.pop(batch.id, None)
+            if len(batch.items) > 1:  # find the culprit: the others go on one by one
+                for index in batch.unfinished():
+                    self.requeued.append(batch.part(index, index + 1))
+                return
+            for index in batch.unfinished():
+                seq = batch.first_seq + index
+                error = TaskError(seq, "master", f"its data cannot be pickled: "
+                                  f"{type(exc).__name__}: {exc}", data=batch.items[index])
+                error.exception = None
+                batch.filled[batch.base + index] = 1
+                self.stats["failed"] += 1
+                batch.call.reject(seq, error)
+
+    # -- shutdown ------------------------------------------------------------------------
+    def close(self, error: BaseException) -> None:
+        with self.cond:
+            if self.closed is None:
+                self.closed = error
+            for call in list(self.calls):
+                call.fail(error)
+            self.cond.notify_all()
+
+    def timeout_error(self, seconds: float, call: Call) -> JobTimeout:
+        return JobTimeout(seconds, call.consumed, max(0, call.taken - call.consumed))

@@ -1,0 +1,89 @@
+"""The embedded default: runners as local subprocesses, booted exactly as a remote one is."""
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Optional
+
+from antnest import bootstrap
+
+
+class LocalProcess:
+    """One runner in a child process; stage 2 goes over its stdin like over SSH."""
+
+    def __init__(self, label: str = "local", python: Optional[str] = None) -> None:
+        self.label = label
+        self._proc = subprocess.Popen(
+            bootstrap.argv(python or sys.executable),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=True,  # Ctrl-C reaches the master only; it stops the runners
+        )
+        self.pid = self._proc.pid
+        self._stdin = self._proc.stdin.fileno()
+        self._stdout = self._proc.stdout.fileno()
+        self._stderr_tail: collections.deque = collections.deque(maxlen=64)
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self.send(bootstrap.stage2())
+
+    def _drain_stderr(self) -> None:
+        for line in self._proc.stderr:
+            self._stderr_tail.append(line.decode("utf-8", "replace"))
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._stdin, view):]
+
+    def recv(self, size: int) -> bytes:
+        return os.read(self._stdout, size)
+
+    def close(self) -> None:
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        self.close()
+        if self._proc.poll() is None:
+            try:
+                os.kill(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for stream in (self._proc.stdout, self._proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def diagnose(self) -> str:
+        try:
+            code = self._proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
+        return _describe_exit(code, "".join(self._stderr_tail))
+
+
+def _describe_exit(code: Optional[int], stderr: str) -> str:
+    if code is None:
+        status = "still running"
+    elif code < 0:
+        try:
+            status = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            status = f"killed by signal {-code}"
+    else:
+        status = f"exit status {code}"
+    tail = stderr.strip()
+    return f"{status}; stderr: {tail[-2000:]}" if tail else status

@@ -1,0 +1,337 @@
+"""One SSH connection per host (a fabric Connection), one exec channel per runner.
+
+Host keys are checked against known_hosts like OpenSSH with StrictHostKeyChecking=yes; an
+unknown key is recorded only when the user opted in (accept-new), a changed key never is.
+Nothing ever prompts: a passphrase, password or host key question is an error instead.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import paramiko
+from fabric import Config, Connection
+
+from antnest import bootstrap
+from antnest.errors import AuthError, ConnectError, HostError, HostKeyError
+from antnest.inventory import Host
+from antnest.transport.local import _describe_exit
+
+log = logging.getLogger(__name__)
+
+WINDOW_SIZE = 64 * 1024 * 1024  # bytes the host may send before we acknowledge
+MAX_PACKET = 32 * 1024          # OpenSSH's session packet limit
+HANDSHAKE_SLOTS = 16            # concurrent handshakes, below sshd's MaxStartups (10:30:100)
+HANDSHAKE_TRIES = 4
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """How to connect; the same for every host of a run."""
+
+    known_hosts: Tuple[str, ...] = ()      # extra files; ~/.ssh/known_hosts is always read
+    accept_new_host_keys: bool = False
+    connect_timeout: float = 10.0
+    keepalive: float = 5.0                 # ServerAliveInterval when the host sets none
+    compress: bool = False
+
+    def known_hosts_files(self) -> List[str]:
+        files = [os.path.expanduser("~/.ssh/known_hosts")]
+        files += [os.path.expanduser(path) for path in self.known_hosts]
+        return list(dict.fromkeys(files))
+
+    def writable_known_hosts(self) -> str:
+        """Where accept-new records keys: the file named on the command line, else the user's."""
+        return os.path.expanduser(self.known_hosts[-1] if self.known_hosts else "~/.ssh/known_hosts")
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """SHA256 fingerprint exactly as OpenSSH prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def known_hosts_name(address: str, port: int) -> str:
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+_record_lock = threading.Lock()
+_handshakes = threading.BoundedSemaphore(HANDSHAKE_SLOTS)
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Unknown key: an error naming the fingerprint, or recorded when accept-new is on."""
+
+    def __init__(self, host: Host, options: SshOptions) -> None:
+        self._host = host
+        self._options = options
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        where = self._options.writable_known_hosts()
+        if not self._options.accept_new_host_keys:
+            raise HostKeyError(
+                self._host.name,
+                f"host key for {hostname} is not known ({key.get_name()} {fingerprint(key)}); "
+                f"check it, then add it to {where} (for example with ssh-keyscan) "
+                "or rerun with --accept-new-host-keys",
+                status="host key unknown",
+            )
+        with _record_lock:
+            os.makedirs(os.path.dirname(where) or ".", mode=0o700, exist_ok=True)
+            with open(where, "a") as out:
+                out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        log.warning("%s: recorded new host key %s %s in %s", self._host.name, key.get_name(),
+                    fingerprint(key), where)
+
+
+class SshConnection:
+    """The connection to one host; runners are exec channels on it."""
+
+    def __init__(self, host: Host, options: SshOptions) -> None:
+        self.host = host
+        self.options = options
+        self._conn: Optional[Connection] = None
+        self._lock = threading.Lock()
+
+    # -- connecting -----------------------------------------------------------------------
+    def connect(self) -> None:
+        """Open the connection (and its jump chain); raise a HostError a person can act on."""
+        with self._lock:
+            if self._conn is not None and self.is_alive():
+                return
+            delay = 0.2
+            for attempt in range(1, HANDSHAKE_TRIES + 1):
+                try:
+                    self._conn = self._open()
+                    return
+                except _RetryableHandshake as exc:
+                    if attempt == HANDSHAKE_TRIES:
+                        raise ConnectError(self.host.name, f"{exc} (after {attempt} attempts)",
+                                           status="handshake failed") from None
+                    time.sleep(delay * (1 + random.random()))
+                    delay *= 2
+
+    def _open(self) -> Connection:
+        gateway = None
+        for hop in self.host.jump:
+            gateway = self._connection(hop, gateway)
+        if gateway is None and self.host.proxy_command:
+            gateway = self.host.proxy_command
+        conn = self._connection(self.host, gateway)
+        self._establish(conn, self.host)
+        return conn
+
+    def _connection(self, host: Host, gateway) -> Connection:
+        keys = [os.path.expanduser(path) for path in host.identity_files]
+        conn = Connection(
+            host.address,
+            user=host.user or _local_user(),
+            port=host.port,
+            config=Config(ssh_config=paramiko.SSHConfig()),  # already merged by inventory.py
+            gateway=gateway,
+            connect_timeout=host.connect_timeout or self.options.connect_timeout,
+            connect_kwargs={
+                "key_filename": keys,
+                "allow_agent": True,
+                "look_for_keys": True,
+                "compress": self.options.compress,
+                "banner_timeout": host.connect_timeout or self.options.connect_timeout,
+                "auth_timeout": host.connect_timeout or self.options.connect_timeout,
+            },
+        )
+        client = conn.client
+        for path in self.options.known_hosts_files():
+            if os.path.exists(path):
+                try:
+                    client.load_system_host_keys(path)
+                except (OSError, paramiko.SSHException) as exc:
+                    raise HostKeyError(host.name, f"cannot read known_hosts file {path}: {exc}",
+                                       status="host key unknown") from None
+        client.set_missing_host_key_policy(_HostKeyPolicy(host, self.options))
+        if isinstance(gateway, Connection):  # the hop must be up before fabric dials through it
+            self._establish(gateway, _host_of(gateway, host))
+        return conn
+
+    def _establish(self, conn: Connection, host: Host) -> None:
+        if conn.is_connected:
+            return
+        user = conn.user
+        try:
+            with _handshakes:
+                conn.open()
+        except HostError:
+            raise
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyError(
+                host.name,
+                f"host key for {known_hosts_name(host.address, host.port)} has CHANGED: it "
+                f"presented {exc.key.get_name()} {fingerprint(exc.key)}, known_hosts has "
+                f"{fingerprint(exc.expected_key)}. This may be an attack; if the host was "
+                f"reinstalled, remove the old line from {self.options.writable_known_hosts()} "
+                f"(ssh-keygen -R '{known_hosts_name(host.address, host.port)}')",
+                status="host key changed",
+            ) from None
+        except paramiko.PasswordRequiredException as exc:
+            raise AuthError(host.name, f"a private key is encrypted and there is no prompt in "
+                            f"antnest: add it to ssh-agent (ssh-add) ({exc})") from None
+        except paramiko.AuthenticationException as exc:
+            raise AuthError(host.name, f"authentication failed for user {user!r}: "
+                            f"{_offered_keys(host)} ({exc})") from None
+        except socket.gaierror as exc:
+            raise ConnectError(host.name, f"cannot resolve {host.address!r}: {exc.strerror}",
+                               status="unreachable") from None
+        except paramiko.ssh_exception.NoValidConnectionsError as exc:
+            refused = all(getattr(e, "errno", None) == 111 for e in exc.errors.values())
+            raise ConnectError(host.name, f"cannot connect to {host.address} port {host.port}: "
+                               f"{'connection refused' if refused else exc}",
+                               status="refused" if refused else "unreachable") from None
+        except (socket.timeout, TimeoutError) as exc:
+            raise ConnectError(host.name, f"no answer from {host.address} port {host.port} "
+                               f"within the connect timeout ({exc or 'timed out'})",
+                               status="timeout") from None
+        except ConnectionRefusedError:
+            raise ConnectError(host.name, f"connection refused by {host.address} port "
+                               f"{host.port}", status="refused") from None
+        except (paramiko.SSHException, EOFError, ConnectionResetError) as exc:
+            # sshd drops handshakes beyond MaxStartups: that is worth another try.
+            raise _RetryableHandshake(f"SSH handshake with {host.address}:{host.port} "
+                                      f"failed: {exc}") from None
+        except OSError as exc:
+            raise ConnectError(host.name, f"cannot connect to {host.address} port {host.port}: "
+                               f"{exc.strerror or exc}", status="unreachable") from None
+        interval = host.server_alive_interval or self.options.keepalive
+        if interval:
+            conn.transport.set_keepalive(int(max(1, interval)))
+
+    def is_alive(self) -> bool:
+        transport = self._conn.transport if self._conn is not None else None
+        return bool(transport is not None and transport.is_active())
+
+    # -- runners --------------------------------------------------------------------------
+    def open_runner(self, label: str) -> "SshProcess":
+        if self._conn is None or not self.is_alive():
+            self.connect()
+        try:
+            channel = self._conn.transport.open_session(
+                window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=self.options.connect_timeout
+            )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectError(self.host.name, f"cannot open a session channel: {exc}",
+                               status="unreachable") from None
+        return SshProcess(label, channel, self.host.python)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            gateway = conn.gateway
+            conn.close()
+            while isinstance(gateway, Connection):
+                gateway.close()
+                gateway = gateway.gateway
+
+
+class _RetryableHandshake(Exception):
+    pass
+
+
+class SshProcess:
+    """A runner in an exec channel: stdin/stdout carry frames, stderr only fatal messages."""
+
+    def __init__(self, label: str, channel: paramiko.Channel, python: str) -> None:
+        self.label = label
+        self._channel = channel
+        channel.exec_command(bootstrap.command(python))
+        channel.sendall(bootstrap.stage2())
+
+    def set_timeout(self, seconds: Optional[float]) -> None:
+        """A recv that hears nothing (not even a heartbeat) this long raises socket.timeout."""
+        self._channel.settimeout(seconds)
+
+    def send(self, data: bytes) -> None:
+        self._channel.sendall(data)
+
+    def recv(self, size: int) -> bytes:
+        return self._channel.recv(size)
+
+    def close(self) -> None:
+        try:
+            self._channel.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    def kill(self) -> None:
+        self._channel.close()
+
+    def diagnose(self) -> str:
+        deadline = time.monotonic() + 2
+        while not self._channel.exit_status_ready() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        code = self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
+        chunks = []
+        while self._channel.recv_stderr_ready():
+            chunks.append(self._channel.recv_stderr(65536))
+        stderr = b"".join(chunks).decode("utf-8", "replace")
+        if code == -1:
+            code = None
+        return _describe_exit(code, stderr)
+
+
+def _host_of(gateway: Connection, fallback: Host) -> Host:
+    return Host(name=f"{gateway.user}@{gateway.host}:{gateway.port} (jump host of {fallback.name})",
+                address=gateway.host, port=gateway.port)
+
+
+def _local_user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def _offered_keys(host: Host) -> str:
+    offered: List[str] = []
+    agent_keys = 0
+    if os.environ.get("SSH_AUTH_SOCK"):
+        try:
+            agent_keys = len(paramiko.Agent().get_keys())
+        except paramiko.SSHException:
+            agent_keys = 0
+    if agent_keys:
+        offered.append(f"{agent_keys} ssh-agent key(s)")
+    offered += [os.path.expanduser(p) for p in host.identity_files]
+    for name in ("id_rsa", "id_ecdsa", "id_ed25519", "id_dsa"):
+        path = os.path.expanduser(f"~/.ssh/{name}")
+        if os.path.exists(path) and path not in offered:
+            offered.append(path)
+    if not offered:
+        return ("no key was offered: set identity_file in the inventory, IdentityFile in "
+                "ssh_config, or load a key into ssh-agent")
+    return "keys offered: " + ", ".join(offered) + "; is the public key in the host's authorized_keys?"
+
+
+def open_all(hosts: Sequence[Host], options: SshOptions) -> Dict[str, object]:
+    """Connect to many hosts in parallel: {name: SshConnection or the HostError it raised}."""
+    results: Dict[str, object] = {}
+
+    def one(host: Host) -> None:
+        conn = SshConnection(host, options)
+        try:
+            conn.connect()
+            results[host.name] = conn
+        except HostError as exc:
+            results[host.name] = exc
+
+    threads = [threading.Thread(target=one, args=(h,), daemon=True) for h in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

@@ -1,0 +1,388 @@
+"""Workers: one thread per runner slot. It boots a runner, checks its HELLO, reads its frames,
+and starts a new runner when one is lost (reconnecting the host first when the link is gone).
+
+A HostGroup holds what the slots of one host share: the SSH connection and the host's state.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import pickle
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, List, Optional
+
+import paramiko
+
+from antnest import runner
+from antnest.errors import BootstrapError, ConnectError, HostError, RunnerLost
+from antnest.inventory import Host
+from antnest.runner import FrameReader, Kind, encode
+from antnest.transport.local import LocalProcess
+from antnest.transport.ssh import SshConnection, SshOptions, SshProcess
+
+log = logging.getLogger(__name__)
+remote_log = logging.getLogger("antnest.remote")
+
+MIN_PYTHON = (3, 8)
+HEARTBEAT = 2.0        # a runner sends a PING this often
+DEAD_AFTER = 10.0      # silence (no frame, no heartbeat) after which an SSH runner is lost
+BOOT_TIMEOUT = 30.0    # from exec to HELLO
+MAX_RESTARTS = 3       # consecutive failed boots before a slot gives up
+RECV_CHUNK = 1 << 20
+
+
+@dataclass
+class HostState:
+    """What `Cluster.hosts` reports for one host."""
+
+    name: str
+    address: str
+    state: str = "connecting"      # connecting, connected, lost, failed, closed
+    procs: int = 0                 # runners alive now
+    python: Optional[str] = None
+    cpus: Optional[int] = None
+    hostname: Optional[str] = None
+    cloudpickle: Optional[str] = None  # "found" on the host or "shipped" from the master
+    error: Optional[str] = None
+    lost: int = 0                  # runners lost so far
+    done: int = 0                  # taskunits finished here
+
+
+class HostGroup:
+    """The runners of one host and what they share."""
+
+    def __init__(self, host: Host, cluster: Any) -> None:
+        self.host = host
+        self.name = host.name
+        self.cluster = cluster
+        self.scheduler = cluster.scheduler
+        self.ssh: Optional[SshConnection] = None if host.local else SshConnection(host, cluster.ssh_options)
+        self.state = HostState(host.name, "local" if host.local else f"{host.address}:{host.port}")
+        self.workers: List[Worker] = []
+        self.lock = threading.Lock()
+        self.target_procs: Optional[int] = host.procs
+        self.hello: Optional[dict] = None
+        self.error: Optional[HostError] = None
+
+    def start(self) -> None:
+        """Boot every runner at once when the count is known; with procs=auto, boot one and
+        the rest once its HELLO tells the CPU count."""
+        count = self.target_procs or 1
+        self.workers.extend(Worker(self, i) for i in range(count))
+        for worker in self.workers:
+            worker.start()
+
+    def on_hello(self, worker: "Worker", hello: dict) -> None:
+        with self.lock:
+            if self.hello is not None:
+                return
+            self.hello = hello
+            self.state.python = ".".join(map(str, hello["python"]))
+            self.state.cpus = hello["cpus"]
+            self.state.hostname = hello["hostname"]
+            self.state.cloudpickle = hello.get("cloudpickle")
+            self.state.state = "connected"
+            if self.target_procs is not None:
+                return
+            wanted = hello["cpus"] or 1
+            self.target_procs = wanted
+            extra = [Worker(self, i) for i in range(1, wanted)]
+            self.workers.extend(extra)
+        self.scheduler.booting(len(extra))
+        for w in extra:
+            w.start(counted=True)
+
+    def start_runner(self, label: str):
+        if self.host.local:
+            return LocalProcess(label, self.host.python if self.host.python != "python3" else None)
+        assert self.ssh is not None
+        with self.lock:  # one slot connects; the others reuse it or share its error
+            if self.error is not None and self.hello is None:
+                raise self.error
+            if not self.ssh.is_alive():
+                try:
+                    self.ssh.connect()
+                except HostError as exc:
+                    if self.hello is None:
+                        self.error = exc
+                    raise
+        return self.ssh.open_runner(label)
+
+    def reconnect(self, stop: threading.Event) -> None:
+        """Bring the SSH connection back (one slot does it; the others find it up)."""
+        if self.ssh is None:
+            return
+        with self.lock:
+            if self.ssh.is_alive():
+                return
+            self.ssh.close()
+            self.state.state = "connecting"
+            self.ssh.connect()
+            self.state.state = "connected"
+
+    def update_alive(self) -> None:
+        with self.lock:
+            alive = sum(1 for w in self.workers if w.accepting)
+            self.state.procs = alive
+            if alive == 0 and self.state.state == "connected" and all(w.gave_up for w in self.workers):
+                self.state.state = "lost"
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        for w in self.workers:
+            w.join(5)
+        if self.ssh is not None:
+            self.ssh.close()
+        if self.state.state in ("connecting", "connected"):
+            self.state.state = "closed"
+
+
+class Worker:
+    """One runner slot."""
+
+    def __init__(self, group: HostGroup, index: int) -> None:
+        self.group = group
+        self.scheduler = group.scheduler
+        self.host_name = group.name
+        self.label = f"{group.name}#{index}" if index else group.name
+        self.inflight: "collections.OrderedDict[int, Any]" = collections.OrderedDict()
+        self.outbox: Deque[Any] = collections.deque()
+        self.send_lock = threading.Lock()
+        self.loaded: set = set()
+        self.accepting = False
+        self.culprit_known = False
+        self.gave_up = False
+        self.proc: Any = None
+        self.pickle_protocol = 5
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=f"antnest-{self.label}", daemon=True)
+        self._counted = False
+
+    def start(self, counted: bool = False) -> None:
+        self._counted = counted
+        if not counted:
+            self.scheduler.booting()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.accepting = False
+        proc = self.proc
+        if proc is not None:
+            proc.close()
+            proc.kill()
+
+    def join(self, timeout: float) -> None:
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -- the slot's life ---------------------------------------------------------------------
+    def _main(self) -> None:
+        failures = 0
+        delay = 0.5
+        first = True
+        while not self._stopping.is_set():
+            try:
+                if not first and self.group.ssh is not None and not self.group.ssh.is_alive():
+                    self.group.reconnect(self._stopping)
+                self._boot()
+            except HostError as exc:
+                failures += 1
+                self._boot_failed(exc, first, failures)
+                if first or failures >= MAX_RESTARTS or self._stopping.is_set():
+                    self.gave_up = True
+                    self.group.update_alive()
+                    return
+                self.scheduler.booting()
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 8.0)
+                continue
+            first = False
+            failures = 0
+            delay = 0.5
+            reason, blame = self._serve()
+            self.accepting = False
+            if self.proc is not None:
+                self.proc.kill()
+            stopping = self._stopping.is_set()
+            if not stopping:
+                log.warning("%s: runner lost (%s); its unfinished taskunits go back to the queue",
+                            self.label, reason)
+                self.group.state.lost += 1
+            self.scheduler.on_lost(self, reason, blame and not stopping, will_restart=not stopping)
+            self.group.update_alive()
+
+    def _boot_failed(self, exc: HostError, first: bool, failures: int) -> None:
+        group = self.group
+        with group.lock:
+            report = group.hello is None and group.state.state != "failed"
+            if report:
+                group.error = exc
+                group.state.state = "failed"
+                group.state.error = str(exc)
+        if report:
+            group.cluster.host_failed(group, exc)
+        elif group.hello is not None and not self._stopping.is_set():
+            log.warning("%s: cannot start a runner (attempt %d of %d): %s", self.label, failures,
+                        MAX_RESTARTS, exc)
+        self.scheduler.boot_failed()
+
+    def _boot(self) -> None:
+        """Start a runner and wait for its HELLO; raise a HostError saying what went wrong."""
+        self.inflight.clear()
+        self.outbox.clear()
+        self.loaded = set()
+        self.culprit_known = False
+        proc = self.group.start_runner(self.label)
+        self.proc = proc
+        self._reader = FrameReader(proc.recv, RECV_CHUNK)
+        if isinstance(proc, SshProcess):
+            proc.set_timeout(BOOT_TIMEOUT)
+        try:
+            frame = self._reader.next()
+        except (OSError, EOFError, socket.timeout, paramiko.SSHException) as exc:
+            frame = None
+            if isinstance(exc, socket.timeout):
+                proc.kill()
+                raise BootstrapError(self.host_name, f"the runner did not say hello within "
+                                     f"{BOOT_TIMEOUT:g} s", status="timeout") from None
+        if frame is None or frame[0] != Kind.HELLO:
+            raise self._boot_error(proc)
+        hello = json.loads(frame[1].decode())
+        self._check_hello(hello)
+        if isinstance(proc, SshProcess):
+            proc.set_timeout(DEAD_AFTER)
+        self.pickle_protocol = min(5, hello.get("pickle_protocol", 5))
+        self.group.on_hello(self, hello)
+        # Options every JOB would carry; sent once now so the watchdogs run from the start.
+        options = {"heartbeat": HEARTBEAT, "master_python": _python_version()}
+        proc.send(encode(Kind.JOB, pickle.dumps((None, None, options), protocol=self.pickle_protocol)))
+        self.accepting = True
+        self.scheduler.add_worker(self)
+        self.group.update_alive()
+
+    def _boot_error(self, proc: Any) -> HostError:
+        detail = proc.diagnose()
+        proc.kill()
+        python = self.group.host.python
+        if "exit status 127" in detail or "not found" in detail:
+            return BootstrapError(self.host_name, f"no Python interpreter {python!r} on the host "
+                                  f"({detail}); install python3 or set `python:` in the inventory",
+                                  status="no python")
+        if "SyntaxError" in detail or "has no attribute 'buffer'" in detail:
+            return BootstrapError(self.host_name, f"{python!r} on the host is too old (antnest "
+                                  f"needs Python {'.'.join(map(str, MIN_PYTHON))}+): {detail}",
+                                  status="python too old")
+        return BootstrapError(self.host_name, f"the runner failed to start: {detail}")
+
+    def _check_hello(self, hello: dict) -> None:
+        if hello.get("magic") != runner.MAGIC.decode() or hello.get("protocol") != runner.PROTOCOL_VERSION:
+            raise BootstrapError(self.host_name, f"unexpected handshake {hello!r}")
+        version = tuple(hello["python"])
+        if version < MIN_PYTHON:
+            raise BootstrapError(self.host_name, f"Python {'.'.join(map(str, version))} on the "
+                                 f"host is too old; antnest needs {'.'.join(map(str, MIN_PYTHON))}+ "
+                                 "(set `python:` in the inventory to a newer interpreter)",
+                                 status="python too old")
+        if version[:2] != sys.version_info[:2] and self.group.hello is None:
+            log.warning("%s runs Python %s, the master %s: functions defined in job files or "
+                        "__main__ only load on the same minor version", self.host_name,
+                        ".".join(map(str, version)), _python_version())
+
+    def _serve(self):
+        """Read frames until the runner goes away; returns (why, whether to blame its task)."""
+        reader = self._reader
+        sched = self.scheduler
+        proc = self.proc
+        try:
+            while True:
+                frame = reader.next()
+                if frame is None:
+                    break
+                kind, payload = frame
+                if kind == Kind.RESULTS:
+                    record = pickle.loads(payload)
+                    sched.on_results(self, record, len(payload))
+                    self.group.state.done += len(record[2])
+                elif kind == Kind.LOG:
+                    self._log(payload)
+                elif kind == Kind.TIMEOUT:
+                    batch_id, index, elapsed = pickle.loads(payload)
+                    sched.on_timeout(self, batch_id, index, elapsed)
+                elif kind == Kind.FATAL:
+                    return f"runner failed: {payload.decode(errors='replace').strip()}", False
+        except socket.timeout:
+            return f"no word from the host for {DEAD_AFTER:g} s", False
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if self._stopping.is_set():
+                return "stopped", False
+            return f"connection broken: {exc}", self._link_alive()
+        if self._stopping.is_set():
+            return "stopped", False
+        alive = self._link_alive()
+        detail = proc.diagnose() if alive else "the SSH connection is gone"
+        return f"runner exited ({detail})", alive
+
+    def _link_alive(self) -> bool:
+        return self.group.ssh is None or self.group.ssh.is_alive()
+
+    def _log(self, payload: bytes) -> None:
+        batch_id, index, text = pickle.loads(payload)
+        batch = self.inflight.get(batch_id) if batch_id is not None else None
+        where = f" taskunit {batch.first_seq + index}" if batch is not None and index >= 0 else ""
+        for line in text.splitlines() or [""]:
+            remote_log.info("[%s%s] %s", self.label, where, line)
+
+    # -- sending -----------------------------------------------------------------------------
+    def flush_outbox(self) -> None:
+        """Send queued batches in the order they entered this worker's window."""
+        if self._send_outbox():
+            self.scheduler.pump()  # batches came back from unsendable(): place them
+
+    def _send_outbox(self) -> bool:
+        gave_back = False
+        with self.send_lock:
+            while True:
+                try:
+                    batch = self.outbox.popleft()
+                except IndexError:
+                    return gave_back
+                call = batch.call
+                try:
+                    parts = []
+                    if call.fn_id not in self.loaded:
+                        options = {"task_timeout": call.policy.task_timeout}
+                        parts.append(encode(Kind.JOB, pickle.dumps(
+                            (call.fn_id, call.fn_blob, options), protocol=self.pickle_protocol)))
+                        self.loaded.add(call.fn_id)
+                    parts.append(encode(Kind.TASKS, pickle.dumps(
+                        (batch.id, call.fn_id, batch.items), protocol=self.pickle_protocol)))
+                    self.proc.send(b"".join(parts) if len(parts) > 1 else parts[0])
+                except (OSError, EOFError, paramiko.SSHException, AttributeError) as exc:
+                    log.debug("%s: send failed: %s", self.label, exc)
+                    self.proc.kill()  # the reader sees EOF and gives the batches back
+                    return gave_back
+                except Exception as exc:  # data that cannot be pickled
+                    self.scheduler.unsendable(self, batch, exc)
+                    gave_back = True
+
+    def ping(self) -> None:
+        if not self.accepting or not self.send_lock.acquire(timeout=0.1):
+            return
+        try:
+            self.proc.send(encode(Kind.PING, b""))
+        except (OSError, EOFError, paramiko.SSHException, AttributeError):
+            pass
+        finally:
+            self.send_lock.release()
+
+
+def _python_version() -> str:
+    return ".".join(map(str, sys.version_info[:3]))

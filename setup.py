@@ -1,0 +1,20 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="antnest",
+    version="0.1.0",
+    description="Fan Python work out over plain SSH: hosts need only sshd and python3",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["antnest", "antnest.*"]),
+    package_data={"antnest": ["py.typed"]},
+    python_requires=">=3.9",
+    install_requires=[
+        "paramiko>=3.4",
+        "fabric>=3.2",
+        "cloudpickle>=2.1",
+        "PyYAML>=6.0",
+    ],
+    extras_require={"test": ["pytest>=7", "pytest-mock>=3.10"]},
+    entry_points={"console_scripts": ["antnest = antnest.cli:main"]},
+)
