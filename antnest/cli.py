@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--keep-going", action="store_true",
                         help="finish the job despite failed taskunits; combine gets the "
                              "successful results; exit 1 with a summary")
+    faults.add_argument("--no-speculate", dest="speculate", action="store_false",
+                        help="do not copy straggling taskunits onto idle workers")
     run.add_argument("--compress", action="store_true", help="compress SSH traffic (slow links)")
     _add_output_options(run)
     return parser
@@ -167,6 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             max_lost=args.max_lost,
             task_timeout=args.task_timeout,
             keep_going=args.keep_going,
+            speculate=args.speculate,
             **_cluster_options(args),
         ) as cluster:
             value = cluster.run(job, input=args.input, output=output, timeout=args.timeout)

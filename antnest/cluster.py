@@ -37,8 +37,8 @@ from antnest.worker import HostGroup, HostState
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE = 5.0  # seconds between PINGs to idle runners (they leave after 60 s of silence)
-RUNNER_IDLE_TIMEOUT = 60.0
+KEEPALIVE = 5.0       # seconds between PINGs to idle runners
+MONITOR_EVERY = 0.25  # seconds between straggler checks
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -66,13 +66,14 @@ class Cluster(Executor):
         max_lost: int = 2,
         task_timeout: Optional[float] = None,
         keep_going: bool = False,
+        speculate: bool = True,
     ) -> None:
         if retries < 0 or max_lost < 0:
             raise UsageError("retries and max_lost must be 0 or more")
         if task_timeout is not None and task_timeout <= 0:
             raise UsageError("task_timeout must be a positive number of seconds")
         self.policy = Policy(retries=retries, max_lost=max_lost, task_timeout=task_timeout,
-                             keep_going=keep_going)
+                             keep_going=keep_going, speculate=speculate)
         self.ssh_options = SshOptions(
             known_hosts=tuple(os.fspath(p) for p in known_hosts),
             accept_new_host_keys=accept_new_host_keys,
@@ -95,7 +96,7 @@ class Cluster(Executor):
         log.info("started %d runner(s) on %d of %d host(s) in %.2f s",
                  len(self.scheduler.workers), sum(1 for g in self._groups if g.hello),
                  len(self._groups), time.monotonic() - started)
-        threading.Thread(target=self._keepalive, name="antnest-keepalive", daemon=True).start()
+        threading.Thread(target=self._monitor, name="antnest-monitor", daemon=True).start()
 
     # -- hosts -----------------------------------------------------------------------------
     def _wait_for_first_worker(self) -> None:
@@ -135,10 +136,15 @@ class Cluster(Executor):
             group.update_alive()
         return [dataclasses.replace(g.state) for g in self._groups]
 
-    def _keepalive(self) -> None:
-        while not self._stop_keepalive.wait(KEEPALIVE):
-            for worker in list(self.scheduler.workers):
-                worker.ping()
+    def _monitor(self) -> None:
+        """Copies stragglers onto idle workers, and keeps idle runners' watchdogs fed."""
+        last_ping = time.monotonic()
+        while not self._stop_keepalive.wait(MONITOR_EVERY):
+            self.scheduler.speculate()
+            if time.monotonic() - last_ping >= KEEPALIVE:
+                last_ping = time.monotonic()
+                for worker in list(self.scheduler.workers):
+                    worker.ping()
 
     # -- the Executor API ------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:

@@ -44,6 +44,9 @@ class Policy:
     task_timeout: Optional[float] = None
     keep_going: bool = False
     window: int = 2                  # batches in flight per worker
+    speculate: bool = True           # copy stragglers onto idle workers; first result wins
+    straggler_factor: float = 3.0    # "much longer" = this many times the median batch
+    straggler_min_seconds: float = 1.0
     target_batch_seconds: float = 0.02
     max_batch_items: int = 8192
     max_batch_bytes: int = 4 << 20
@@ -57,7 +60,7 @@ class Batch:
     """A contiguous run of a call's taskunits. Requeued parts share the root's `filled` map."""
 
     __slots__ = ("id", "call", "first_seq", "items", "filled", "base", "attempts", "lost",
-                 "avoid", "suspect", "sent_at")
+                 "avoid", "suspect", "sent_at", "started", "twins")
 
     def __init__(self, call: "Call", first_seq: int, items: list, filled: Optional[bytearray] = None,
                  base: int = 0, attempts: int = 0, lost: int = 0, avoid: frozenset = frozenset()):
@@ -72,6 +75,8 @@ class Batch:
         self.avoid = avoid          # hosts to avoid (retry elsewhere when possible)
         self.suspect = False
         self.sent_at = 0.0
+        self.started = 0.0          # when it reached the head of its worker's window
+        self.twins: Optional[List["Batch"]] = None  # speculative copies, the original first
 
     def part(self, start: int, stop: Optional[int] = None, fresh: bool = False,
              **changes: Any) -> "Batch":
@@ -122,6 +127,13 @@ class Call:
         self.bytes_per_item = 0.0
         self.inflight = 0            # items in batches not yet fully accepted
         self.input_error: Optional[BaseException] = None
+        self.durations: Deque[float] = collections.deque(maxlen=64)  # finished batches, s
+
+    def median_batch_seconds(self) -> float:
+        if len(self.durations) < 3:
+            return 0.0
+        ordered = sorted(self.durations)
+        return ordered[len(ordered) // 2]
 
     # -- input side (scheduler lock held) ------------------------------------------------
     def batch_size(self) -> int:
@@ -464,6 +476,8 @@ class Scheduler:
                     if batch is None:
                         break
                     batch.sent_at = time.monotonic()
+                    if not worker.inflight:
+                        batch.started = batch.sent_at
                     worker.inflight[batch.id] = batch
                     worker.outbox.append(batch)
                     added = True
@@ -510,9 +524,80 @@ class Scheduler:
                 else:
                     self._accept_slow(worker, batch, offset, values, errors)
             if batch.filled.find(0, batch.base, batch.base + len(batch.items)) == -1:
-                del worker.inflight[batch_id]
+                self._finished(worker, batch)
             self.stats["results"] += n
         self.pump()
+
+    def _finished(self, worker: Any, batch: Batch) -> None:
+        now = time.monotonic()
+        del worker.inflight[batch.id]
+        if batch.started:
+            batch.call.durations.append(now - batch.started)
+        for head in worker.inflight.values():
+            head.started = now
+            break
+        if batch.twins:
+            self._stop_losers(batch)
+
+    def _stop_losers(self, winner: Batch) -> None:
+        """A speculative race is over: stop the copies still running elsewhere."""
+        for twin in winner.twins or ():
+            if twin is winner:
+                continue
+            for worker in self.workers:
+                if twin.id in worker.inflight:
+                    head = next(iter(worker.inflight))
+                    if head == twin.id:
+                        worker.culprit_known = True
+                        worker.abort("a speculative copy finished first")
+                    break
+
+    def speculate(self) -> None:
+        """When the queue is dry and workers idle, copy stragglers onto them."""
+        touched = []
+        with self.cond:
+            if not self.policy.speculate or self.requeued or self.closed is not None:
+                return
+            if any(not call.exhausted for call in self.calls if not isinstance(call, FutureCall)):
+                return
+            idle = [w for w in self.workers if w.accepting and not w.inflight]
+            if not idle:
+                return
+            now = time.monotonic()
+            stragglers = []
+            for worker in self.workers:
+                if not worker.inflight:
+                    continue
+                batch = next(iter(worker.inflight.values()))
+                if batch.twins is not None or not batch.started:
+                    continue
+                running = now - batch.started
+                median = batch.call.median_batch_seconds()
+                if median and running > max(self.policy.straggler_factor * median,
+                                            self.policy.straggler_min_seconds):
+                    stragglers.append((running, worker, batch))
+            stragglers.sort(key=lambda entry: -entry[0])
+            for running, owner, batch in stragglers:
+                others = [w for w in idle if w.host_name != owner.host_name] or idle
+                if not others:
+                    break
+                target = others[0]
+                idle.remove(target)
+                todo = batch.unfinished()
+                if not todo:
+                    continue
+                copy = batch.part(todo[0])
+                batch.twins = copy.twins = [batch, copy]
+                copy.sent_at = copy.started = now
+                target.inflight[copy.id] = copy
+                target.outbox.append(copy)
+                touched.append(target)
+                self.stats["speculated"] += 1
+                log.info("taskunits %d.. run %.1f s on %s (median %.2f s): copying them to %s",
+                         batch.first_seq + todo[0], running, owner.label,
+                         batch.call.median_batch_seconds(), target.label)
+        for worker in touched:
+            worker.flush_outbox()
 
     def _accept_slow(self, worker: Any, batch: Batch, offset: int, values: list,
                      errors: dict) -> None:

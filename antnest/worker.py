@@ -32,6 +32,7 @@ remote_log = logging.getLogger("antnest.remote")
 MIN_PYTHON = (3, 8)
 HEARTBEAT = 2.0        # a runner sends a PING this often
 DEAD_AFTER = 10.0      # silence (no frame, no heartbeat) after which an SSH runner is lost
+RUNNER_IDLE_TIMEOUT = 30.0  # a runner that hears nothing (the master pings every 5 s) leaves
 BOOT_TIMEOUT = 30.0    # from exec to HELLO
 MAX_RESTARTS = 3       # consecutive failed boots before a slot gives up
 RECV_CHUNK = 1 << 20
@@ -179,6 +180,14 @@ class Worker:
             proc.close()
             proc.kill()
 
+    def abort(self, why: str) -> None:
+        """Kill this runner (the slot boots a new one); safe to call with the scheduler lock."""
+        proc = self.proc
+        if proc is None:
+            return
+        log.info("%s: stopping its runner: %s", self.label, why)
+        threading.Thread(target=proc.kill, daemon=True).start()
+
     def join(self, timeout: float) -> None:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -262,7 +271,8 @@ class Worker:
         self.pickle_protocol = min(5, hello.get("pickle_protocol", 5))
         self.group.on_hello(self, hello)
         # Options every JOB would carry; sent once now so the watchdogs run from the start.
-        options = {"heartbeat": HEARTBEAT, "master_python": _python_version()}
+        options = {"heartbeat": HEARTBEAT, "idle_timeout": RUNNER_IDLE_TIMEOUT,
+                   "master_python": _python_version()}
         proc.send(encode(Kind.JOB, pickle.dumps((None, None, options), protocol=self.pickle_protocol)))
         self.accepting = True
         self.scheduler.add_worker(self)
