@@ -121,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not copy straggling taskunits onto idle workers")
     run.add_argument("--compress", action="store_true", help="compress SSH traffic (slow links)")
     _add_output_options(run)
+
+    inv = commands.add_parser("inventory", help="print the hosts as antnest will use them",
+                              description="Print every selected host after defaults, group "
+                                          "vars and ssh_config are applied.")
+    _add_host_options(inv)
+    inv.add_argument("--json", action="store_true", help="print JSON")
+    _add_output_options(inv)
+
+    check = commands.add_parser("check", help="connect to every host and report which are usable",
+                                description="Connect to every host in parallel, boot the runner "
+                                            "and time one round trip. Exit 0 when all are ok, "
+                                            "3 otherwise.")
+    _add_host_options(check)
+    check.add_argument("--json", action="store_true", help="print JSON")
+    _add_output_options(check)
     return parser
 
 
@@ -181,7 +196,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS: dict = {"run": cmd_run}
+def _selected_hosts(args: argparse.Namespace) -> list:
+    from antnest.cluster import resolve_hosts
+
+    if args.inventory and args.hosts:
+        raise errors.UsageError("give either -i/--inventory or -H/--hosts, not both")
+    if not args.inventory and not args.hosts:
+        raise errors.UsageError(f"antnest {args.command} needs -i INVENTORY or -H HOSTS")
+    return resolve_hosts(args.inventory, args.hosts, args.limit, None, args.ssh_config)
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    from antnest.inventory import describe
+
+    rows = describe(_selected_hosts(args))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for row in rows:
+        target = f"{row['user'] + '@' if row['user'] else ''}{row['address']}:{row['port']}"
+        extras = [f"python={row['python']}", f"procs={row['procs']}"]
+        if row["identity_files"]:
+            extras.append("key=" + ",".join(row["identity_files"]))
+        if row["jump"]:
+            extras.append("via " + " -> ".join(row["jump"]))
+        if row["proxy_command"]:
+            extras.append(f"proxy_command={row['proxy_command']!r}")
+        extras.append("groups=" + ",".join(row["groups"]))
+        print(f"{row['name']}\t{target}\t" + " ".join(extras))
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from antnest.check import check_hosts, format_table
+    from antnest.transport.ssh import SshOptions
+
+    hosts = _selected_hosts(args)
+    options = SshOptions(known_hosts=tuple(args.known_hosts),
+                         accept_new_host_keys=args.accept_new_host_keys,
+                         connect_timeout=args.connect_timeout)
+    rows = check_hosts(hosts, options)
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows], indent=2))
+    else:
+        print(format_table(rows))
+    return EXIT_OK if all(row.ok for row in rows) else EXIT_NO_HOSTS
+
+
+COMMANDS: dict = {"run": cmd_run, "inventory": cmd_inventory, "check": cmd_check}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

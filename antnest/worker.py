@@ -203,6 +203,9 @@ class Worker:
                     self.group.reconnect(self._stopping)
                 self._boot()
             except HostError as exc:
+                if self._stopping.is_set():  # the cluster closed while this runner booted
+                    self.scheduler.boot_failed()
+                    return
                 failures += 1
                 self._boot_failed(exc, first, failures)
                 if first or failures >= MAX_RESTARTS or self._stopping.is_set():
@@ -252,22 +255,11 @@ class Worker:
         proc = self.group.start_runner(self.label)
         self.proc = proc
         self._reader = FrameReader(proc.recv, RECV_CHUNK)
-        if isinstance(proc, SshProcess):
-            proc.set_timeout(BOOT_TIMEOUT)
-        try:
-            frame = self._reader.next()
-        except (OSError, EOFError, socket.timeout, paramiko.SSHException) as exc:
-            frame = None
-            if isinstance(exc, socket.timeout):
-                proc.kill()
-                raise BootstrapError(self.host_name, f"the runner did not say hello within "
-                                     f"{BOOT_TIMEOUT:g} s", status="timeout") from None
-        if frame is None or frame[0] != Kind.HELLO:
-            raise self._boot_error(proc)
-        hello = json.loads(frame[1].decode())
-        self._check_hello(hello)
-        if isinstance(proc, SshProcess):
-            proc.set_timeout(DEAD_AFTER)
+        hello = await_hello(self.group.host, proc, self._reader)
+        if version_differs(hello) and self.group.hello is None:
+            log.warning("%s runs Python %s, the master %s: functions defined in job files or "
+                        "__main__ only load on the same minor version", self.host_name,
+                        ".".join(map(str, hello["python"])), _python_version())
         self.pickle_protocol = min(5, hello.get("pickle_protocol", 5))
         self.group.on_hello(self, hello)
         # Options every JOB would carry; sent once now so the watchdogs run from the start.
@@ -277,34 +269,6 @@ class Worker:
         self.accepting = True
         self.scheduler.add_worker(self)
         self.group.update_alive()
-
-    def _boot_error(self, proc: Any) -> HostError:
-        detail = proc.diagnose()
-        proc.kill()
-        python = self.group.host.python
-        if "exit status 127" in detail or "not found" in detail:
-            return BootstrapError(self.host_name, f"no Python interpreter {python!r} on the host "
-                                  f"({detail}); install python3 or set `python:` in the inventory",
-                                  status="no python")
-        if "SyntaxError" in detail or "has no attribute 'buffer'" in detail:
-            return BootstrapError(self.host_name, f"{python!r} on the host is too old (antnest "
-                                  f"needs Python {'.'.join(map(str, MIN_PYTHON))}+): {detail}",
-                                  status="python too old")
-        return BootstrapError(self.host_name, f"the runner failed to start: {detail}")
-
-    def _check_hello(self, hello: dict) -> None:
-        if hello.get("magic") != runner.MAGIC.decode() or hello.get("protocol") != runner.PROTOCOL_VERSION:
-            raise BootstrapError(self.host_name, f"unexpected handshake {hello!r}")
-        version = tuple(hello["python"])
-        if version < MIN_PYTHON:
-            raise BootstrapError(self.host_name, f"Python {'.'.join(map(str, version))} on the "
-                                 f"host is too old; antnest needs {'.'.join(map(str, MIN_PYTHON))}+ "
-                                 "(set `python:` in the inventory to a newer interpreter)",
-                                 status="python too old")
-        if version[:2] != sys.version_info[:2] and self.group.hello is None:
-            log.warning("%s runs Python %s, the master %s: functions defined in job files or "
-                        "__main__ only load on the same minor version", self.host_name,
-                        ".".join(map(str, version)), _python_version())
 
     def _serve(self):
         """Read frames until the runner goes away; returns (why, whether to blame its task)."""
@@ -396,3 +360,50 @@ class Worker:
 
 def _python_version() -> str:
     return ".".join(map(str, sys.version_info[:3]))
+
+
+def await_hello(host: Host, proc: Any, reader: FrameReader) -> dict:
+    """Wait for a fresh runner's HELLO and check it; a HostError says what went wrong."""
+    if isinstance(proc, SshProcess):
+        proc.set_timeout(BOOT_TIMEOUT)
+    try:
+        frame = reader.next()
+    except socket.timeout:
+        proc.kill()
+        raise BootstrapError(host.name, f"the runner did not say hello within {BOOT_TIMEOUT:g} s",
+                             status="timeout") from None
+    except (OSError, EOFError, paramiko.SSHException):
+        frame = None
+    if frame is None or frame[0] != Kind.HELLO:
+        raise _boot_error(host, proc)
+    hello = json.loads(frame[1].decode())
+    if hello.get("magic") != runner.MAGIC.decode() or hello.get("protocol") != runner.PROTOCOL_VERSION:
+        proc.kill()
+        raise BootstrapError(host.name, f"unexpected handshake {hello!r}")
+    version = tuple(hello["python"])
+    if version < MIN_PYTHON:
+        proc.kill()
+        raise BootstrapError(host.name, f"Python {'.'.join(map(str, version))} on the host is too "
+                             f"old; antnest needs {'.'.join(map(str, MIN_PYTHON))}+ (set `python:` "
+                             "in the inventory to a newer interpreter)", status="python too old")
+    if isinstance(proc, SshProcess):
+        proc.set_timeout(DEAD_AFTER)
+    return hello
+
+
+def version_differs(hello: dict) -> bool:
+    return tuple(hello["python"][:2]) != sys.version_info[:2]
+
+
+def _boot_error(host: Host, proc: Any) -> HostError:
+    detail = proc.diagnose()
+    proc.kill()
+    if "exit status 127" in detail or "not found" in detail:
+        return BootstrapError(host.name, f"no Python interpreter {host.python!r} on the host "
+                              f"({detail}); install python3 or set `python:` in the inventory",
+                              status="no python")
+    if "SyntaxError" in detail or "has no attribute 'buffer'" in detail:
+        return BootstrapError(host.name, f"{host.python!r} on the host is too old (antnest needs "
+                              f"Python {'.'.join(map(str, MIN_PYTHON))}+): {detail}",
+                              status="python too old")
+    return BootstrapError(host.name, f"the runner failed to start: {detail}")

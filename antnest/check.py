@@ -1,0 +1,116 @@
+"""`antnest check`: connect to every host in parallel, boot a runner, time one round trip.
+
+Answers "which hosts can I use right now?" before a long run, and why the others cannot be
+used, within about the connect timeout even when some hosts never answer.
+"""
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence
+
+import cloudpickle
+
+from antnest.errors import HostError
+from antnest.inventory import Host
+from antnest.runner import FrameReader, Kind, encode
+from antnest.transport.local import LocalProcess
+from antnest.transport.ssh import SshConnection, SshOptions
+from antnest.worker import await_hello, version_differs
+
+SLACK = 5.0  # seconds beyond the connect timeout for booting the runner and the round trip
+
+
+@dataclass
+class HostCheck:
+    """One row of `antnest check`."""
+
+    name: str
+    address: str
+    status: str = "timeout"
+    python: Optional[str] = None
+    cpus: Optional[int] = None
+    cloudpickle: Optional[str] = None  # "found" on the host, "shipped" from the master
+    latency_ms: Optional[float] = None
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_hosts(hosts: Sequence[Host], options: SshOptions) -> List[HostCheck]:
+    """Probe every host at once; a host still silent at the deadline reports `timeout`."""
+    rows = [HostCheck(h.name, "local" if h.local else f"{h.address}:{h.port}") for h in hosts]
+    threads = [threading.Thread(target=_probe, args=(h, row, options), daemon=True)
+               for h, row in zip(hosts, rows)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + max(h.connect_timeout or options.connect_timeout for h in hosts) + SLACK
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    for row in rows:
+        if row.status == "timeout" and row.error is None:
+            row.error = "no answer before the deadline"
+    return rows
+
+
+def _probe(host: Host, row: HostCheck, options: SshOptions) -> None:
+    connection = None if host.local else SshConnection(host, options)
+    proc = None
+    try:
+        if connection is None:
+            proc = LocalProcess(host.name)
+        else:
+            connection.connect()
+            proc = connection.open_runner(host.name)
+        reader = FrameReader(proc.recv)
+        hello = await_hello(host, proc, reader)
+        row.python = ".".join(map(str, hello["python"]))
+        row.cpus = hello["cpus"]
+        row.cloudpickle = hello.get("cloudpickle")
+        protocol = min(5, hello.get("pickle_protocol", 5))
+        proc.send(encode(Kind.JOB, pickle.dumps((1, cloudpickle.dumps(len), {}), protocol=protocol)))
+        started = time.perf_counter()
+        proc.send(encode(Kind.TASKS, pickle.dumps((1, 1, ["ping"]), protocol=protocol)))
+        while True:
+            frame = reader.next()
+            if frame is None:
+                raise HostError(host.name, "the runner exited during the round trip",
+                                status="bootstrap failed")
+            if frame[0] == Kind.RESULTS:
+                break
+        row.latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        row.status = "ok"
+        if version_differs(hello):
+            row.error = "Python minor version differs from the master's: jobs must not rely " \
+                        "on functions pickled by value"
+    except HostError as exc:
+        row.status = exc.status
+        row.error = exc.problem
+    except Exception as exc:  # anything unexpected still gets a row, not a traceback
+        row.status = "error"
+        row.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if proc is not None:
+            proc.close()
+            proc.kill()
+        if connection is not None:
+            connection.close()
+
+
+def format_table(rows: Sequence[HostCheck]) -> str:
+    header = ("HOST", "ADDRESS", "STATUS", "PYTHON", "CPUS", "CLOUDPICKLE", "RTT ms", "DETAIL")
+    lines = [header]
+    for r in rows:
+        lines.append((r.name, r.address, r.status, r.python or "-", str(r.cpus or "-"),
+                      r.cloudpickle or "-", f"{r.latency_ms:.1f}" if r.latency_ms is not None else "-",
+                      r.error or ""))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1]
+                     for line in lines).rstrip()
