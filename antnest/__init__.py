@@ -3,10 +3,11 @@
 Import direction (acyclic): runner <- bootstrap <- transport <- scheduler <- worker <- cluster
 <- cli, with errors, inventory, taskunit and job beside them. Only the names below are public.
 """
-from __future__ import annotations
-
-from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED, as_completed, wait
-from typing import IO, Any, Optional, Union
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
+from typing import IO as _IO
+from typing import Any as _Any
+from typing import Optional as _Optional
+from typing import Union as _Union
 
 from antnest import errors
 from antnest.cluster import Cluster
@@ -35,8 +36,8 @@ __all__ = [
 ]
 
 
-def run(job: Union[str, Job], input: Any = None, *, output: Optional[IO[str]] = None,
-        timeout: Optional[float] = None, **cluster_options: Any) -> Any:
+def run(job: "_Union[str, Job]", input: "_Any" = None, *, output: "_Optional[_IO[str]]" = None,
+        timeout: "_Optional[float]" = None, **cluster_options: "_Any") -> "_Any":
     """One-shot: start a Cluster (keyword arguments as for Cluster), run the job, shut down.
 
     >>> antnest.run("jobs/reverse.py", inventory="inventory/hosts.yaml")
