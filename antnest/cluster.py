@@ -19,7 +19,7 @@ import cloudpickle
 
 from antnest import inventory as inventory_module
 from antnest import job as job_module
-from antnest.errors import HostError, JobFailed, NoHostsError, UsageError
+from antnest.errors import AntnestError, HostError, JobCodeError, JobFailed, NoHostsError, UsageError
 from antnest.inventory import LOCAL, Host
 from antnest.scheduler import (
     Call,
@@ -216,9 +216,17 @@ class Cluster(Executor):
                         continue
                     yield value
 
-            value = plan.combine(successes(), failures)
+            try:
+                value = plan.combine(successes(), failures)
+            except AntnestError:
+                raise
+            except Exception as exc:
+                where = "split()" if exc is call.input_error else "combine()"
+                raise JobCodeError(job.name, where, exc) from exc
             # combine() may stop reading early; the call must still have ended cleanly.
             if call.error is not None:
+                if call.error is call.input_error:
+                    raise JobCodeError(job.name, "split()", call.error) from call.error
                 raise call.error
         finally:
             if timer is not None:
@@ -251,8 +259,6 @@ class Cluster(Executor):
                 while any(call.inflight or call._queue for call in submits) and \
                         (self.scheduler.workers or self.scheduler.starting > 0):
                     self.scheduler.cond.wait(0.2)
-        from antnest.errors import AntnestError
-
         self.scheduler.close(AntnestError("the cluster was shut down"))
         self._stop_keepalive.set()
         self._close_groups()

@@ -16,6 +16,7 @@
     │   ├── TaskTimeout            ... running longer than the task timeout
     │   └── TaskLost               ... killing the runners that ran it
     ├── JobFailed                  a job ended with failed taskunits (--keep-going summary)
+    ├── JobCodeError               the job's split() or combine() raised, here on the master
     ├── JobTimeout                 the whole job ran out of time: exit 4
     └── LockedError                another run holds the lock: exit 75
 
@@ -162,6 +163,24 @@ class JobFailed(AntnestError):
         lines = [f"{len(self.failures)}{of} taskunits failed:"]
         lines += [f"  {str(f).splitlines()[0]}" for f in self.failures]
         super().__init__("\n".join(lines))
+
+
+class JobCodeError(AntnestError):
+    """split() or combine() raised: the job's own bug, shown with its traceback."""
+
+    def __init__(self, job: str, where: str, error: BaseException) -> None:
+        import traceback
+
+        self.job = job
+        self.where = where
+        self.error = error
+        frames = traceback.extract_tb(error.__traceback__)
+        # keep the job's own frames: antnest's are noise to the person fixing the job
+        own = [f for f in frames if "/antnest/" not in f.filename.replace("\\", "/")] or frames
+        self.traceback = "".join(traceback.format_list(own)) + "".join(
+            traceback.format_exception_only(type(error), error))
+        super().__init__(f"{job}: {where} raised {type(error).__name__}: {error}\n"
+                         f"{self.traceback.rstrip()}")
 
 
 class JobTimeout(AntnestError):
