@@ -96,6 +96,44 @@ class Batch:
         return [i for i, done in enumerate(window) if not done]
 
 
+class _Feeder:
+    """Reads a call's input on its own thread: a slow split() or a trickling stdin never
+    holds the scheduler lock, and reading overlaps with dispatch. Bounded by max_ahead."""
+
+    CHECK_EVERY = 1024
+
+    def __init__(self, call: "Call", iterator: Iterator) -> None:
+        self.call = call
+        self.buffer: Deque[Any] = collections.deque()
+        self.done = False
+        self.error: Optional[BaseException] = None
+        self.hungry = False
+        self._iterator = iterator
+        threading.Thread(target=self._run, name=f"antnest-input-{call.name}", daemon=True).start()
+
+    def _run(self) -> None:
+        call = self.call
+        sched = call.scheduler
+        append = self.buffer.append
+        limit = call.policy.max_ahead + self.CHECK_EVERY
+        try:
+            for count, item in enumerate(self._iterator, 1):
+                append(item)
+                if self.hungry:
+                    self.hungry = False
+                    sched.pump()
+                if count % self.CHECK_EVERY == 0:
+                    while count - call.consumed >= limit and call.error is None:
+                        time.sleep(0.01)
+                    if call.error is not None:
+                        return
+        except Exception as exc:  # the job's split() or the caller's iterable raised
+            self.error = exc
+        finally:
+            self.done = True
+            sched.pump()
+
+
 class Failure:
     """A taskunit that failed for good, kept in order for keep-going combines."""
 
@@ -116,6 +154,7 @@ class Call:
         self.fn_blob = cloudpickle.dumps(fn, protocol=5)
         self.name = name or getattr(fn, "__qualname__", repr(fn))
         self._input: Optional[Iterator] = iter(items)
+        self._feeder: Optional[_Feeder] = None
         self.next_seq = 0            # next taskunit id to hand out
         self.taken = 0
         self.consumed = 0
@@ -151,21 +190,24 @@ class Call:
             return None
         if self.taken - self.consumed >= self.policy.max_ahead:
             return None
-        size = self.batch_size()
-        try:
-            items = list(itertools.islice(self._input, size))
-        except Exception as exc:  # the user's split()/iterable raised: the call ends with it
-            self.input_error = exc
-            items = []
-        if len(items) < size:
-            self.exhausted = True
+        if self._feeder is None:
+            self._feeder = _Feeder(self, self._input)
             self._input = None
-        if not items:
-            if self.input_error is not None:
-                self.fail(self.input_error)
-            else:
-                self._maybe_done()
+        feeder = self._feeder
+        buffer = feeder.buffer
+        feeder.hungry = True  # before looking, so an item appended meanwhile still pumps
+        if not buffer:
+            if feeder.done and not buffer:
+                self.exhausted = True
+                if feeder.error is not None:
+                    self.input_error = feeder.error
+                    self.fail(feeder.error)
+                else:
+                    self._maybe_done()
             return None
+        feeder.hungry = False
+        popleft = buffer.popleft
+        items = [popleft() for _ in range(min(self.batch_size(), len(buffer)))]
         batch = Batch(self, self.next_seq, items)
         self.next_seq += len(items)
         self.taken += len(items)
