@@ -26,12 +26,12 @@ STAGE1 = (
 
 def command(python: str = "python3") -> str:
     """The shell command a host runs; `python` may carry a wrapper such as `sudo -n python3`."""
-    return f"{python} -c {shlex.quote(STAGE1)}"
+    return f"{python} -B -c {shlex.quote(STAGE1)}"  # -B: not even a .pyc lands on the host
 
 
 def argv(python: str) -> list:
     """The same command as an argv list for a local subprocess."""
-    return [python, "-c", STAGE1]
+    return [python, "-B", "-c", STAGE1]
 
 
 def _cloudpickle_sources() -> Dict[str, Tuple[bool, str]]:
