@@ -14,6 +14,7 @@ setup(
         "fabric>=3.2",
         "cloudpickle>=2.1",
         "PyYAML>=6.0",
+        "tqdm>=4.60",
     ],
     extras_require={"test": ["pytest>=7", "pytest-mock>=3.10"]},
     entry_points={"console_scripts": ["antnest = antnest.cli:main"]},

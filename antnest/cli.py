@@ -5,17 +5,24 @@ No logic of its own lives here; the library never calls sys.exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Type
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import antnest
 from antnest import errors
+from antnest.journal import Journal, input_id
+from antnest.lock import RunLock
+from antnest.progress import Progress
+from antnest.report import build_report, failures_of, write_report
 
 log = logging.getLogger("antnest")
+progress_log = logging.getLogger("antnest.progress")  # plain progress lines, for --log-file
 
 EXIT_OK = 0
 EXIT_TASK_FAILED = 1
@@ -120,6 +127,26 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--no-speculate", dest="speculate", action="store_false",
                         help="do not copy straggling taskunits onto idle workers")
     run.add_argument("--compress", action="store_true", help="compress SSH traffic (slow links)")
+    unattended = run.add_argument_group("unattended runs (cron)")
+    unattended.add_argument("--lock", metavar="FILE",
+                            help="hold an exclusive lock on FILE for the run; if another run "
+                                 "holds it, exit 75 at once naming its PID")
+    unattended.add_argument("--log-file", metavar="FILE",
+                            help="append timestamped lines (start, hosts, progress, retries, "
+                                 "failures, end) to FILE, whatever -q/-v say for stderr")
+    unattended.add_argument("--report", metavar="FILE.json",
+                            help="write a JSON summary to FILE at the end, also when the run "
+                                 "fails or is interrupted (atomically)")
+    unattended.add_argument("--journal", metavar="FILE",
+                            help="append each finished taskunit's result to FILE as it arrives")
+    unattended.add_argument("--resume", action="store_true",
+                            help="with --journal: run only the taskunits the journal lacks "
+                                 "(a missing journal starts one)")
+    unattended.add_argument("--progress", dest="progress", action="store_true", default=None,
+                            help="draw a progress bar on stderr even without a terminal")
+    unattended.add_argument("--no-progress", dest="progress", action="store_false",
+                            help="no progress output (default: a bar on a terminal, else a "
+                                 "line every 30 s)")
     _add_output_options(run)
 
     inv = commands.add_parser("inventory", help="print the hosts as antnest will use them",
@@ -139,17 +166,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrFilter(logging.Filter):
+    """stderr shows records at the -q/-v level, and the processors' output unless -q."""
+
+    def __init__(self, level: int, remote_level: int) -> None:
+        super().__init__()
+        self.level = level
+        self.remote_level = remote_level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "antnest.remote":
+            return record.levelno >= self.remote_level
+        if record.name == "antnest.progress":  # Progress draws on stderr itself
+            return record.levelno >= logging.WARNING
+        return record.levelno >= self.level
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[
         min(args.verbose, 2)]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("antnest: %(message)s"))
+    handler.addFilter(_StderrFilter(level, logging.ERROR if args.quiet else logging.INFO))
+    handlers: List[logging.Handler] = [handler]
+    floor = level
+    log_file = getattr(args, "log_file", None)
+    if log_file:
+        try:
+            to_file = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        except OSError as exc:
+            raise errors.UsageError(f"log file {log_file}: {exc.strerror or exc}") from None
+        to_file.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"))
+        to_file.setLevel(logging.DEBUG if args.verbose >= 2 else logging.INFO)
+        handlers.append(to_file)
+        floor = min(floor, to_file.level)
     root = logging.getLogger("antnest")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.handlers[:] = handlers
+    root.setLevel(min(floor, logging.INFO))
     root.propagate = False
     remote = logging.getLogger("antnest.remote")  # the processors' own output
-    remote.setLevel(logging.ERROR if args.quiet else logging.INFO)
+    remote.setLevel(logging.NOTSET)
     if args.verbose < 2:
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
@@ -166,9 +223,60 @@ def _cluster_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    lock = RunLock(args.lock) if args.lock else contextlib.nullcontext()
+    with lock:  # first: a second run must not even load the job (LockedError: exit 75)
+        if not args.report:
+            return _run(args, None)
+        started = time.time()
+        state: Dict[str, Any] = {}
+        code = EXIT_TASK_FAILED
+        error: Optional[BaseException] = None
+        try:
+            code = _run(args, state)
+            return code
+        except BaseException as exc:
+            error = exc
+            code = _exit_code_of(exc)
+            raise
+        finally:
+            cluster = state.get("cluster")
+            counts = cluster.job_counts() if cluster is not None else dict(
+                done=0, failed=0, retried=0, resumed=0, failures=[])
+            failures = counts.pop("failures") or failures_of(error)
+            message = None if error is None else (str(error).splitlines() or [""])[0] or (
+                type(error).__name__)
+            try:
+                write_report(args.report, build_report(
+                    version=antnest.__version__, job=args.job,
+                    inventory=args.inventory or args.hosts, started=started, ended=time.time(),
+                    exit_code=code, hosts=cluster.hosts if cluster is not None else [],
+                    failures=failures, interrupted=code in (EXIT_INTERRUPTED, EXIT_TERMINATED),
+                    error=message, **counts))
+            except OSError as exc:
+                log.error("cannot write the report %s: %s", args.report, exc.strerror or exc)
+
+
+def _exit_code_of(error: BaseException) -> int:
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(error, Terminated):
+        return EXIT_TERMINATED
+    return exit_code_for(error)
+
+
+def _run(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> int:
+    started = time.monotonic()
+    if args.resume and not args.journal:
+        raise errors.UsageError("--resume needs --journal FILE")
     job = antnest.load(args.job)
     if args.inventory and args.hosts:
         raise errors.UsageError("give either -i/--inventory or -H/--hosts, not both")
+    log.info("start: job %s, input %s, hosts %s, pid %d", args.job,
+             args.input or "input_data", args.inventory or args.hosts or "local", os.getpid())
+    journal = None
+    if args.journal:  # after load (results unpickle against the job), before any host
+        journal = Journal.open(args.journal, job.digest, input_id(args.input), args.resume)
+    mode = args.progress if args.progress is not None else (False if args.quiet else None)
     output = None
     try:
         if args.output:
@@ -187,10 +295,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             speculate=args.speculate,
             **_cluster_options(args),
         ) as cluster:
-            value = cluster.run(job, input=args.input, output=output, timeout=args.timeout)
+            if state is not None:
+                state["cluster"] = cluster
+            value = cluster.run(job, input=args.input, output=output, timeout=args.timeout,
+                                journal=journal,
+                                progress=lambda total: Progress(total, mode=mode,
+                                                                on_line=progress_log.info))
         if value is not None:
             print(value, file=output or sys.stdout)
+        if output is not None:
+            output.flush()
+        sys.stdout.flush()
+        if journal is not None:
+            journal.remove()   # finished: the next run with --resume starts afresh
+        log.info("end: ok after %.1f s", time.monotonic() - started)
+    except BaseException as exc:
+        log.info("end: exit %d after %.1f s", _exit_code_of(exc), time.monotonic() - started)
+        raise
     finally:
+        if journal is not None:
+            journal.close()
         if output is not None:
             output.close()
     return EXIT_OK
@@ -252,7 +376,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
-    _setup_logging(args)
+    try:
+        _setup_logging(args)
+    except errors.UsageError as exc:
+        print(f"antnest: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return COMMANDS[args.command](args)

@@ -13,7 +13,7 @@ import sysconfig
 import threading
 import time
 from concurrent.futures import Executor, Future
-from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cloudpickle
 
@@ -34,6 +34,10 @@ from antnest.scheduler import (
 from antnest.errors import TaskError
 from antnest.transport.ssh import SshOptions
 from antnest.worker import HostGroup, HostState
+
+if TYPE_CHECKING:
+    from antnest.journal import Journal
+    from antnest.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +191,9 @@ class Cluster(Executor):
         return _raising_remote_types(call, timeout)
 
     def run(self, job: Union[PathLike, job_module.Job], input: Any = None,
-            output: Optional[IO[str]] = None, timeout: Optional[float] = None) -> Any:
+            output: Optional[IO[str]] = None, timeout: Optional[float] = None, *,
+            journal: Optional["Journal"] = None,
+            progress: Optional[Callable[[Optional[int]], "Progress"]] = None) -> Any:
         """Run a job (a job file path or a Job) and return what its combine() returns.
 
         `input` is a path, '-' or an open file that replaces the job's input_data and is read
@@ -198,8 +204,21 @@ class Cluster(Executor):
         if not isinstance(job, job_module.Job):
             job = job_module.load(job)
         plan = job.plan(input, output)
-        call = OrderedCall(self.scheduler, plan.processor, plan.items, name=job.name)
+        total = _length(plan.items)
+        feed = None
+        if journal is not None:
+            from antnest.journal import JournalFeed
+
+            feed = JournalFeed(journal, plan.items)
+            call: OrderedCall = _JournaledCall(self.scheduler, plan.processor, feed.pending(),
+                                               name=job.name, feed=feed)
+        else:
+            call = OrderedCall(self.scheduler, plan.processor, plan.items, name=job.name)
         self.job_call = call
+        self.job_feed = feed
+        shown = progress(total) if progress is not None else None
+        if shown is not None:
+            shown.poll(self.job_progress)
         timer = None
         if timeout is not None:
             timer = threading.Timer(timeout, lambda: self._expire(call, timeout))
@@ -210,7 +229,10 @@ class Cluster(Executor):
             self.scheduler.add_call(call)
 
             def successes() -> Iterator[Any]:
-                for value in call.results(with_failures=self.policy.keep_going):
+                values = call.results(with_failures=self.policy.keep_going)
+                if feed is not None:  # journaled results back in their places
+                    values = feed.results(values)
+                for value in values:
                     if type(value) is Failure:
                         failures.append(value.error)
                         continue
@@ -225,12 +247,14 @@ class Cluster(Executor):
                 raise JobCodeError(job.name, where, exc) from exc
             # combine() may stop reading early; the call must still have ended cleanly.
             if call.error is not None:
-                if call.error is call.input_error:
+                if call.error is call.input_error and not isinstance(call.error, AntnestError):
                     raise JobCodeError(job.name, "split()", call.error) from call.error
                 raise call.error
         finally:
             if timer is not None:
                 timer.cancel()
+            if shown is not None:
+                shown.close()
             plan.closer()
             with self.scheduler.cond:
                 if not call.done:
@@ -238,6 +262,28 @@ class Cluster(Executor):
         if failures:
             raise JobFailed(failures, total=call.taken)
         return value
+
+    def job_progress(self) -> Tuple[int, int, int]:
+        """(taskunits done, hosts busy, hosts usable) of the running job, for Progress.poll."""
+        call = self.job_call
+        feed = getattr(self, "job_feed", None)
+        done = call.taken - call.inflight + (feed.skipped if feed is not None else 0)
+        workers = list(self.scheduler.workers)
+        busy = {w.host_name for w in workers if w.inflight}
+        usable = {w.host_name for w in workers if w.accepting}
+        return done, len(busy), len(usable)
+
+    def job_counts(self) -> Dict[str, Any]:
+        """What the report says about the last job run: done, failed, retried, resumed,
+        failures (TaskErrors). Zeros when no job ran."""
+        call = getattr(self, "job_call", None)
+        if call is None:
+            return dict(done=0, failed=0, retried=0, resumed=0, failures=[])
+        feed = getattr(self, "job_feed", None)
+        resumed = feed.skipped if feed is not None else 0
+        failed = len(call.failures)
+        return dict(done=call.taken - call.inflight - failed + resumed, failed=failed,
+                    retried=call.retried, resumed=resumed, failures=list(call.failures))
 
     def _expire(self, call: Call, seconds: float) -> None:
         with self.scheduler.cond:
@@ -279,6 +325,30 @@ class Cluster(Executor):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.shutdown(wait=exc_info[0] is None, cancel_futures=exc_info[0] is not None)
+
+
+class _JournaledCall(OrderedCall):
+    """A job call whose results go to the journal as they are accepted (in any order)."""
+
+    def __init__(self, *args: Any, feed: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.feed = feed
+
+    def accept(self, seq: int, values: list) -> None:
+        self.feed.accepted(seq, values)
+        super().accept(seq, values)
+
+    def reject(self, seq: int, error: TaskError) -> None:
+        error.taskunit_id = self.feed.failed(seq)   # the id in split() order, not the call's
+        super().reject(seq, error)
+
+
+def _length(items: Any) -> Optional[int]:
+    """How many taskunits, when split() returned something sized (a list); else None."""
+    try:
+        return len(items)
+    except TypeError:
+        return None
 
 
 def _raising_remote_types(call: OrderedCall, timeout: Optional[float]) -> Iterator[Any]:

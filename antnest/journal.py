@@ -85,7 +85,7 @@ class Journal:
     `done` maps seq -> (data digest, result). record()/record_many() are thread-safe.
     """
 
-    def __init__(self, path: str, handle: IO[bytes], header: dict,
+    def __init__(self, path: str, handle: IO[bytes], header: Dict[str, Any],
                  done: Dict[int, Tuple[str, Any]]) -> None:
         self.path = path
         self.header = header
@@ -94,6 +94,7 @@ class Journal:
         self._lock = threading.Lock()
         self.recorded = 0         # records appended by this run
         self.unpicklable = 0      # results that could not be journaled (they rerun on resume)
+        self.error: Optional[OSError] = None   # set when a write failed: journaling stopped
 
     @classmethod
     def open(cls, path: PathLike, job_digest: str, input_id: str, resume: bool) -> "Journal":
@@ -178,8 +179,19 @@ class Journal:
         with self._lock:
             if self._handle is None:
                 raise ValueError(f"journal {self.path} is closed")
-            self._handle.write(payload)
-            self._handle.flush()
+            if self.error is not None:
+                return
+            try:
+                self._handle.write(payload)
+                self._handle.flush()
+            except OSError as exc:
+                # A full disk must not take the run down (this runs on a worker thread). Stop
+                # writing for good: appending after a partial line would damage the journal;
+                # as it is, resume sees a torn last line and reruns what is missing.
+                self.error = exc
+                log.error("journal %s: cannot write (%s); journaling stops, the run goes on",
+                          self.path, exc.strerror or exc)
+                return
             self.recorded += len(lines)
 
     # -- checking --------------------------------------------------------------------------
@@ -217,7 +229,7 @@ class Journal:
         return f"Journal({self.path!r}, done={len(self.done)}, recorded={self.recorded})"
 
 
-def _load(path: str, handle: IO[bytes]) -> Tuple[Optional[dict], Dict[int, Tuple[str, Any]], int]:
+def _load(path: str, handle: IO[bytes]) -> Tuple[Optional[Dict[str, Any]], Dict[int, Tuple[str, Any]], int]:
     """(header or None when there is none yet, entries, offset after the last good line)."""
     done: Dict[int, Tuple[str, Any]] = {}
     first = handle.readline()

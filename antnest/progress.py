@@ -11,7 +11,9 @@ printed any ends with a last line at close(), its rate the whole run's.
 """
 from __future__ import annotations
 
+import io
 import logging
+import os
 import sys
 import threading
 import time
@@ -53,9 +55,14 @@ class Progress:
         if self.kind == "bar":
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, file=self.stream, unit="taskunit", unit_scale=True,
-                             dynamic_ncols=True, mininterval=0.2, leave=True,
-                             desc="antnest", smoothing=0.1)
+            # A terminal that reports no size (a bare pty, some CI runners) would get an
+            # empty bar, or none at all (tqdm reads 0 rows as "no room"): draw it 80 wide
+            # there, and follow resizes everywhere else.
+            sized = _terminal_size(self.stream) is not None
+            self._bar = tqdm(total=total, file=self.stream, unit="taskunit",
+                             dynamic_ncols=sized, ncols=None if sized else 80,
+                             nrows=None if sized else 24,
+                             mininterval=0.2, leave=True, desc="antnest", smoothing=0.1)
 
     def update(self, done: int, busy: int, hosts: int) -> None:
         """Absolute counts: taskunits done so far, hosts with work in flight, usable hosts."""
@@ -80,9 +87,13 @@ class Progress:
         self._line_done = done
         line = format_line(done, self.total, rate, busy, hosts)
         if self.kind == "plain":
-            self.stream.write(line + "\n")
-            self.stream.flush()
-            self.lines += 1
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed (cron with 2>&-): stop drawing
+                self.kind = "off"
+            else:
+                self.lines += 1
         if self.on_line is not None:
             self.on_line(line)
 
@@ -106,10 +117,9 @@ class Progress:
             return
         try:
             done, busy, hosts = self._snapshot()
+            self.update(done, busy, hosts)
         except Exception:  # progress must never take a run down
-            log.debug("progress snapshot failed", exc_info=True)
-            return
-        self.update(done, busy, hosts)
+            log.debug("progress update failed", exc_info=True)
 
     def close(self) -> None:
         """Stop polling, draw the final state, release the terminal line. Safe to call twice."""
@@ -151,6 +161,15 @@ def _rate(rate: float) -> str:
     if rate >= 10:
         return f"{rate:.1f}"
     return f"{rate:.2f}"
+
+
+def _terminal_size(stream: Any) -> Optional[os.terminal_size]:
+    """The stream's terminal size, or None when it has none or reports 0 columns or rows."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        return None
+    return size if size.columns > 0 and size.lines > 0 else None
 
 
 def _isatty(stream: Any) -> bool:
