@@ -15,10 +15,10 @@ import cloudpickle
 
 from antnest.errors import HostError
 from antnest.inventory import Host
-from antnest.runner import FrameReader, Kind, encode
+from antnest.runner import FrameReader, Kind, frame
 from antnest.transport.local import LocalProcess
 from antnest.transport.ssh import SshConnection, SshOptions
-from antnest.worker import await_hello, version_differs
+from antnest.worker import await_hello
 
 SLACK = 5.0  # seconds beyond the connect timeout for booting the runner and the round trip
 
@@ -75,21 +75,18 @@ def _probe(host: Host, row: HostCheck, options: SshOptions) -> None:
         row.cpus = hello["cpus"]
         row.cloudpickle = hello.get("cloudpickle")
         protocol = min(5, hello.get("pickle_protocol", 5))
-        proc.send(encode(Kind.JOB, pickle.dumps((1, cloudpickle.dumps(len), {}), protocol=protocol)))
+        proc.send(*frame(Kind.JOB, pickle.dumps((1, cloudpickle.dumps(len), {}), protocol=protocol)))
         started = time.perf_counter()
-        proc.send(encode(Kind.TASKS, pickle.dumps((1, 1, ["ping"]), protocol=protocol)))
+        proc.send(*frame(Kind.TASKS, pickle.dumps((1, 1, ["ping"]), protocol=protocol)))
         while True:
-            frame = reader.next()
-            if frame is None:
+            reply = reader.next()
+            if reply is None:
                 raise HostError(host.name, "the runner exited during the round trip",
                                 status="bootstrap failed")
-            if frame[0] == Kind.RESULTS:
+            if reply[0] == Kind.RESULTS:
                 break
         row.latency_ms = round((time.perf_counter() - started) * 1000, 2)
         row.status = "ok"
-        if version_differs(hello):
-            row.error = "Python minor version differs from the master's: jobs must not rely " \
-                        "on functions pickled by value"
     except HostError as exc:
         row.status = exc.status
         row.error = exc.problem

@@ -55,8 +55,13 @@ class Kind(enum.IntEnum):
 
 
 def encode(kind, payload):
-    """One frame as bytes; callers may join several frames into one write."""
+    """One frame as bytes, for small payloads."""
     return HEADER.pack(len(payload), kind) + payload
+
+
+def frame(kind, payload):
+    """One frame as (header, payload): large payloads are sent without a copy."""
+    return HEADER.pack(len(payload), kind), payload
 
 
 class FrameReader(object):
@@ -256,7 +261,12 @@ class _Runner(object):
 
     # The reader thread: frames in; EOF means the master is gone, so leave at once.
     def read_loop(self):
-        reader = FrameReader(lambda n: os.read(self._in, n))
+        def read(n):
+            data = os.read(self._in, n)
+            self.last_heard = time.monotonic()  # a long frame still counts as word from home
+            return data
+
+        reader = FrameReader(read)
         try:
             while True:
                 frame = reader.next()

@@ -22,7 +22,7 @@ import paramiko
 from antnest import runner
 from antnest.errors import BootstrapError, ConnectError, HostError, RunnerLost
 from antnest.inventory import Host
-from antnest.runner import FrameReader, Kind, encode
+from antnest.runner import FrameReader, Kind, encode, frame
 from antnest.transport.local import LocalProcess
 from antnest.transport.ssh import SshConnection, SshOptions, SshProcess
 
@@ -70,6 +70,7 @@ class HostGroup:
         self.target_procs: Optional[int] = host.procs
         self.hello: Optional[dict] = None
         self.error: Optional[HostError] = None
+        self.last_loss: Optional[str] = None
 
     def start(self) -> None:
         """Boot every runner at once when the count is known; with procs=auto, boot one and
@@ -161,6 +162,7 @@ class Worker:
         self.culprit_known = False
         self.gave_up = False
         self.proc: Any = None
+        self.aborted: Optional[str] = None  # why we stopped this runner on purpose
         self.pickle_protocol = 5
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"antnest-{self.label}", daemon=True)
@@ -186,6 +188,7 @@ class Worker:
         if proc is None:
             return
         log.info("%s: stopping its runner: %s", self.label, why)
+        self.aborted = why
         threading.Thread(target=proc.kill, daemon=True).start()
 
     def join(self, timeout: float) -> None:
@@ -211,6 +214,9 @@ class Worker:
                 if first or failures >= MAX_RESTARTS or self._stopping.is_set():
                     self.gave_up = True
                     self.group.update_alive()
+                    if self.group.state.state == "lost":
+                        log.error("host %s is lost (%s); the job goes on without it",
+                                  self.host_name, exc.problem)
                     return
                 self.scheduler.booting()
                 self._stopping.wait(delay)
@@ -224,10 +230,13 @@ class Worker:
             if self.proc is not None:
                 self.proc.kill()
             stopping = self._stopping.is_set()
-            if not stopping:
+            if self.aborted:
+                log.info("%s: runner stopped (%s); starting a new one", self.label, reason)
+            elif not stopping:
                 log.warning("%s: runner lost (%s); its unfinished taskunits go back to the queue",
                             self.label, reason)
                 self.group.state.lost += 1
+                self.group.last_loss = reason
             self.scheduler.on_lost(self, reason, blame and not stopping, will_restart=not stopping)
             self.group.update_alive()
 
@@ -254,12 +263,12 @@ class Worker:
         self.culprit_known = False
         proc = self.group.start_runner(self.label)
         self.proc = proc
+        if self._stopping.is_set():  # stop() ran while we booted: it could not see this proc
+            proc.kill()
+            raise BootstrapError(self.host_name, "the cluster is shutting down")
+        self.aborted = None
         self._reader = FrameReader(proc.recv, RECV_CHUNK)
         hello = await_hello(self.group.host, proc, self._reader)
-        if version_differs(hello) and self.group.hello is None:
-            log.warning("%s runs Python %s, the master %s: functions defined in job files or "
-                        "__main__ only load on the same minor version", self.host_name,
-                        ".".join(map(str, hello["python"])), _python_version())
         self.pickle_protocol = min(5, hello.get("pickle_protocol", 5))
         self.group.on_hello(self, hello)
         # Options every JOB would carry; sent once now so the watchdogs run from the start.
@@ -300,6 +309,8 @@ class Worker:
             return f"connection broken: {exc}", self._link_alive()
         if self._stopping.is_set():
             return "stopped", False
+        if self.aborted:
+            return self.aborted, False
         alive = self._link_alive()
         detail = proc.diagnose() if alive else "the SSH connection is gone"
         return f"runner exited ({detail})", alive
@@ -330,15 +341,16 @@ class Worker:
                     return gave_back
                 call = batch.call
                 try:
-                    parts = []
+                    parts: tuple = ()
                     if call.fn_id not in self.loaded:
                         options = {"task_timeout": call.policy.task_timeout}
-                        parts.append(encode(Kind.JOB, pickle.dumps(
-                            (call.fn_id, call.fn_blob, options), protocol=self.pickle_protocol)))
+                        parts = frame(Kind.JOB, pickle.dumps(
+                            (call.fn_id, call.fn_blob, options), protocol=self.pickle_protocol))
                         self.loaded.add(call.fn_id)
-                    parts.append(encode(Kind.TASKS, pickle.dumps(
-                        (batch.id, call.fn_id, batch.items), protocol=self.pickle_protocol)))
-                    self.proc.send(b"".join(parts) if len(parts) > 1 else parts[0])
+                    payload = pickle.dumps((batch.id, call.fn_id, batch.items),
+                                           protocol=self.pickle_protocol)
+                    call.learn_sent(len(batch.items), len(payload))
+                    self.proc.send(*parts, *frame(Kind.TASKS, payload))
                 except (OSError, EOFError, paramiko.SSHException, AttributeError) as exc:
                     log.debug("%s: send failed: %s", self.label, exc)
                     self.proc.kill()  # the reader sees EOF and gives the batches back
@@ -386,6 +398,15 @@ def await_hello(host: Host, proc: Any, reader: FrameReader) -> dict:
         raise BootstrapError(host.name, f"Python {'.'.join(map(str, version))} on the host is too "
                              f"old; antnest needs {'.'.join(map(str, MIN_PYTHON))}+ (set `python:` "
                              "in the inventory to a newer interpreter)", status="python too old")
+    if version_differs(hello):
+        # Code pickled by value on one minor version can fail or even crash on another.
+        proc.kill()
+        raise BootstrapError(host.name, f"the host runs Python {'.'.join(map(str, version))} "
+                             f"({hello.get('executable')}), the master Python {_python_version()}: "
+                             "functions travel as bytecode, which only loads on the same minor "
+                             f"version; set `python:` to a python{sys.version_info[0]}."
+                             f"{sys.version_info[1]} on the host, or run the master with "
+                             f"Python {version[0]}.{version[1]}", status="python mismatch")
     if isinstance(proc, SshProcess):
         proc.set_timeout(DEAD_AFTER)
     return hello

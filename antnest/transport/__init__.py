@@ -11,8 +11,9 @@ from typing import Protocol
 class RunnerProcess(Protocol):
     label: str
 
-    def send(self, data: bytes) -> None:
-        """Write all of `data` to the runner's stdin (blocks while the pipe/window is full)."""
+    def send(self, *chunks: bytes) -> None:
+        """Write every chunk to the runner's stdin, in order (blocks while the pipe or window
+        is full). Several chunks save joining a header to a large payload."""
 
     def recv(self, size: int) -> bytes:
         """Up to `size` bytes of the runner's stdout; b'' at EOF."""

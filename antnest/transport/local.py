@@ -36,10 +36,11 @@ class LocalProcess:
         for line in self._proc.stderr:
             self._stderr_tail.append(line.decode("utf-8", "replace"))
 
-    def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._stdin, view):]
+    def send(self, *chunks: bytes) -> None:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self._stdin, view):]
 
     def recv(self, size: int) -> bytes:
         return os.read(self._stdout, size)
@@ -75,8 +76,10 @@ class LocalProcess:
         return _describe_exit(code, "".join(self._stderr_tail))
 
 
-def _describe_exit(code: Optional[int], stderr: str) -> str:
-    if code is None:
+def _describe_exit(code: Optional[int], stderr: str, status: Optional[str] = None) -> str:
+    if status is not None:
+        pass
+    elif code is None:
         status = "still running"
     elif code < 0:
         try:

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import paramiko
 from fabric import Config, Connection
@@ -88,6 +88,7 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             os.makedirs(os.path.dirname(where) or ".", mode=0o700, exist_ok=True)
             with open(where, "a") as out:
                 out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            client._system_host_keys.add(hostname, key.get_name(), key)
         log.warning("%s: recorded new host key %s %s in %s", self._host.name, key.get_name(),
                     fingerprint(key), where)
 
@@ -135,7 +136,7 @@ class SshConnection:
             host.address,
             user=host.user or _local_user(),
             port=host.port,
-            config=Config(ssh_config=paramiko.SSHConfig()),  # already merged by inventory.py
+            config=_fabric_config(),
             gateway=gateway,
             connect_timeout=host.connect_timeout or self.options.connect_timeout,
             connect_kwargs={
@@ -145,16 +146,13 @@ class SshConnection:
                 "compress": self.options.compress,
                 "banner_timeout": host.connect_timeout or self.options.connect_timeout,
                 "auth_timeout": host.connect_timeout or self.options.connect_timeout,
+                "transport_factory": _transport,
             },
         )
         client = conn.client
-        for path in self.options.known_hosts_files():
-            if os.path.exists(path):
-                try:
-                    client.load_system_host_keys(path)
-                except (OSError, paramiko.SSHException) as exc:
-                    raise HostKeyError(host.name, f"cannot read known_hosts file {path}: {exc}",
-                                       status="host key unknown") from None
+        # Parsed once per set of files, shared by every connection (a known_hosts of N lines
+        # read by N hosts would otherwise cost N² at start-up).
+        client._system_host_keys = _known_hosts(host, self.options)
         client.set_missing_host_key_policy(_HostKeyPolicy(host, self.options))
         if isinstance(gateway, Connection):  # the hop must be up before fabric dials through it
             self._establish(gateway, _host_of(gateway, host))
@@ -166,6 +164,8 @@ class SshConnection:
         user = conn.user
         try:
             with _handshakes:
+                if conn.gateway is None:
+                    conn.connect_kwargs["sock"] = _tcp(host, conn.connect_timeout)
                 conn.open()
         except HostError:
             raise
@@ -200,7 +200,13 @@ class SshConnection:
         except ConnectionRefusedError:
             raise ConnectError(host.name, f"connection refused by {host.address} port "
                                f"{host.port}", status="refused") from None
-        except (paramiko.SSHException, EOFError, ConnectionResetError) as exc:
+        except paramiko.SSHException as exc:
+            if "authentication methods" in str(exc):  # no key at all to offer
+                raise AuthError(host.name, f"authentication failed for user {user!r}: "
+                                f"{_offered_keys(host)}") from None
+            raise _RetryableHandshake(f"SSH handshake with {host.address}:{host.port} "
+                                      f"failed: {exc}") from None
+        except (EOFError, ConnectionResetError) as exc:
             # sshd drops handshakes beyond MaxStartups: that is worth another try.
             raise _RetryableHandshake(f"SSH handshake with {host.address}:{host.port} "
                                       f"failed: {exc}") from None
@@ -243,6 +249,56 @@ class _RetryableHandshake(Exception):
     pass
 
 
+_shared_lock = threading.Lock()
+_known_hosts_cache: Dict[tuple, paramiko.HostKeys] = {}
+_config: List[Config] = []
+
+
+def _known_hosts(host: Host, options: SshOptions) -> paramiko.HostKeys:
+    """Every known_hosts file parsed into one HostKeys, cached until a file changes."""
+    files = [p for p in options.known_hosts_files() if os.path.exists(p)]
+    stamp = tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in files)
+    with _shared_lock:
+        keys = _known_hosts_cache.get(stamp)
+        if keys is None:
+            keys = paramiko.HostKeys()
+            for path in files:
+                try:
+                    keys.load(path)
+                except (OSError, paramiko.SSHException) as exc:
+                    raise HostKeyError(host.name, f"cannot read known_hosts file {path}: {exc}",
+                                       status="host key unknown") from None
+            _known_hosts_cache.clear()
+            _known_hosts_cache[stamp] = keys
+        return keys
+
+
+def _fabric_config() -> Config:
+    """One fabric Config for every connection: ssh_config was merged by inventory.py, and
+    building a Config per host costs milliseconds each."""
+    with _shared_lock:
+        if not _config:
+            _config.append(Config(ssh_config=paramiko.SSHConfig()))
+        return _config[0]
+
+
+def _transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+    """A paramiko Transport preferring AES-GCM: no separate MAC to compute and compare in
+    Python for every packet, which is most of paramiko's per-packet cost."""
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    fast = [c for c in ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com") if c in options.ciphers]
+    options.ciphers = tuple(fast + [c for c in options.ciphers if c not in fast])
+    return transport
+
+
+def _tcp(host: Host, timeout: Optional[float]) -> socket.socket:
+    """The TCP connection, with Nagle off: frames are small and latency matters."""
+    sock = socket.create_connection((host.address, host.port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class SshProcess:
     """A runner in an exec channel: stdin/stdout carry frames, stderr only fatal messages."""
 
@@ -256,8 +312,9 @@ class SshProcess:
         """A recv that hears nothing (not even a heartbeat) this long raises socket.timeout."""
         self._channel.settimeout(seconds)
 
-    def send(self, data: bytes) -> None:
-        self._channel.sendall(data)
+    def send(self, *chunks: bytes) -> None:
+        for chunk in chunks:  # a memoryview: paramiko slices it per packet without copying
+            self._channel.sendall(memoryview(chunk))
 
     def recv(self, size: int) -> bytes:
         return self._channel.recv(size)
@@ -275,14 +332,15 @@ class SshProcess:
         deadline = time.monotonic() + 2
         while not self._channel.exit_status_ready() and time.monotonic() < deadline:
             time.sleep(0.02)
-        code = self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
+        ready = self._channel.exit_status_ready()
+        code = self._channel.recv_exit_status() if ready else None
         chunks = []
         while self._channel.recv_stderr_ready():
             chunks.append(self._channel.recv_stderr(65536))
         stderr = b"".join(chunks).decode("utf-8", "replace")
-        if code == -1:
-            code = None
-        return _describe_exit(code, stderr)
+        if code == -1:  # paramiko's word for "ended by a signal" (it drops which one)
+            return _describe_exit(None, stderr, "killed by a signal")
+        return _describe_exit(code, stderr, None if ready else "no exit status yet")
 
 
 def _host_of(gateway: Connection, fallback: Host) -> Host:
