@@ -19,7 +19,15 @@ import cloudpickle
 
 from antnest import inventory as inventory_module
 from antnest import job as job_module
-from antnest.errors import AntnestError, HostError, JobCodeError, JobFailed, NoHostsError, UsageError
+from antnest.errors import (
+    AntnestError,
+    HostError,
+    JobCodeError,
+    JobFailed,
+    NoHostsError,
+    RunnerLost,
+    UsageError,
+)
 from antnest.inventory import LOCAL, Host
 from antnest.scheduler import (
     Call,
@@ -30,6 +38,7 @@ from antnest.scheduler import (
     Scheduler,
     UnorderedCall,
     as_raisable,
+    progress_of,
 )
 from antnest.errors import TaskError
 from antnest.transport.ssh import SshOptions
@@ -113,10 +122,12 @@ class Cluster(Executor):
         self._close_groups()
         raise self._no_hosts_error()
 
-    def _no_hosts_error(self) -> NoHostsError:
+    def _no_hosts_error(self, call: Optional[Call] = None) -> NoHostsError:
         errors: List[Exception] = list(self.host_errors.values())
         detail = "every host failed to start" if errors else "every runner was lost"
-        return NoHostsError(errors, detail)
+        errors += [RunnerLost(g.name, g.last_loss) for g in self._groups
+                   if g.last_loss and g.name not in self.host_errors]
+        return NoHostsError(errors, detail + progress_of(call))
 
     def host_failed(self, group: HostGroup, error: HostError) -> None:
         self.host_errors[group.name] = error

@@ -51,6 +51,7 @@ class Policy:
     max_batch_items: int = 8192
     max_batch_bytes: int = 4 << 20
     max_ahead: int = 1 << 18         # taskunits taken but not yet consumed, per call
+    max_ahead_bytes: int = 64 << 20  # ... and their pickled size
 
 
 _ids = itertools.count(1)
@@ -115,18 +116,22 @@ class _Feeder:
         call = self.call
         sched = call.scheduler
         append = self.buffer.append
-        limit = call.policy.max_ahead + self.CHECK_EVERY
+        next_check = 1
         try:
             for count, item in enumerate(self._iterator, 1):
                 append(item)
                 if self.hungry:
                     self.hungry = False
                     sched.pump()
-                if count % self.CHECK_EVERY == 0:
-                    while count - call.consumed >= limit and call.error is None:
+                if count >= next_check:
+                    while count - call.consumed >= call.ahead_limit() and call.error is None:
                         time.sleep(0.01)
                     if call.error is not None:
                         return
+                    # big items (MiB chunks) are checked one by one, small ones in blocks
+                    big = type(item) in (bytes, bytearray, str) and len(item) > 65536
+                    next_check = count + (1 if big or call.sent_bytes_per_item > 65536
+                                          else self.CHECK_EVERY)
         except Exception as exc:  # the job's split() or the caller's iterable raised
             self.error = exc
         finally:
@@ -163,7 +168,8 @@ class Call:
         self.failures: List[TaskError] = []
         self.retried = 0
         self.seconds_per_item = 0.0
-        self.bytes_per_item = 0.0
+        self.bytes_per_item = 0.0        # pickled result size
+        self.sent_bytes_per_item = 0.0   # pickled input size
         self.inflight = 0            # items in batches not yet fully accepted
         self.input_error: Optional[BaseException] = None
         self.durations: Deque[float] = collections.deque(maxlen=64)  # finished batches, s
@@ -178,17 +184,18 @@ class Call:
     def batch_size(self) -> int:
         p = self.policy
         if self.seconds_per_item <= 0:
-            size = 8
+            size = 1  # nothing known yet: a slow task must not take a crowd with it
         else:
             size = int(p.target_batch_seconds / self.seconds_per_item) or 1
-        if self.bytes_per_item > 0:
-            size = min(size, int(p.max_batch_bytes / self.bytes_per_item) or 1)
+        per_item = max(self.bytes_per_item, self.sent_bytes_per_item)
+        if per_item > 0:
+            size = min(size, int(p.max_batch_bytes / per_item) or 1)
         return max(1, min(size, p.max_batch_items))
 
     def take(self) -> Optional[Batch]:
         if self.exhausted or self.error is not None:
             return None
-        if self.taken - self.consumed >= self.policy.max_ahead:
+        if self.taken - self.consumed >= self.ahead_limit():
             return None
         if self._feeder is None:
             self._feeder = _Feeder(self, self._input)
@@ -206,13 +213,31 @@ class Call:
                     self._maybe_done()
             return None
         feeder.hungry = False
+        size = self.batch_size()
+        if not self.sent_bytes_per_item:  # nothing learned yet: big first items set the pace
+            first = buffer[0]
+            if type(first) in (bytes, bytearray, str) and len(first) > 65536:
+                size = max(1, self.policy.max_batch_bytes // len(first))
         popleft = buffer.popleft
-        items = [popleft() for _ in range(min(self.batch_size(), len(buffer)))]
+        items = [popleft() for _ in range(min(size, len(buffer)))]
         batch = Batch(self, self.next_seq, items)
         self.next_seq += len(items)
         self.taken += len(items)
         self.inflight += len(items)
         return batch
+
+    def ahead_limit(self) -> int:
+        """How many taskunits may be read but not yet consumed: by count and by bytes."""
+        per_item = max(self.bytes_per_item, self.sent_bytes_per_item)
+        if per_item <= 0:
+            return self.policy.max_ahead
+        return max(1, min(self.policy.max_ahead, int(self.policy.max_ahead_bytes / per_item)))
+
+    def learn_sent(self, items: int, payload_bytes: int) -> None:
+        if items:
+            per = payload_bytes / items
+            old = self.sent_bytes_per_item
+            self.sent_bytes_per_item = per if old <= 0 else 0.7 * old + 0.3 * per
 
     def learn(self, items: int, seconds: float, payload_bytes: int = 0) -> None:
         """Adapt the batch size from what a runner reported."""
@@ -388,6 +413,15 @@ class FutureCall(Call):
         pass
 
 
+def progress_of(call: Optional[Call]) -> str:
+    """What a call had done when it stopped, for error messages."""
+    if call is None or call.next_seq == 0:
+        return ""
+    done = call.taken - call.inflight
+    return (f"; {done} taskunits done, {call.inflight} taken and not done"
+            + ("" if call.exhausted else ", the rest of the input not read yet"))
+
+
 class RemoteTraceback(Exception):
     """The remote traceback, chained as __cause__ like concurrent.futures does."""
 
@@ -492,12 +526,11 @@ class Scheduler:
                 call.fail(self.closed)
             return
         if not self.workers and self.starting <= 0:
-            error = self.no_hosts_error()
             for call in list(self.calls):
-                call.fail(error)
+                call.fail(self.no_hosts_error(call))
 
-    def no_hosts_error(self) -> BaseException:
-        return NoHostsError([], "every host is lost or failed to start")
+    def no_hosts_error(self, call: Optional[Call] = None) -> NoHostsError:
+        return NoHostsError([], "every host is lost or failed to start" + progress_of(call))
 
     # -- dispatch ------------------------------------------------------------------------
     def pump(self) -> None:
@@ -508,9 +541,10 @@ class Scheduler:
                 return
             count = len(self.workers)
             self._rr = (self._rr + 1) % count
+            batch = None
             for i in range(count):
                 worker = self.workers[(self._rr + i) % count]
-                if not worker.accepting:
+                if not worker.accepting or len(worker.inflight) >= self.policy.window:
                     continue
                 added = False
                 while len(worker.inflight) < self.policy.window:
@@ -525,6 +559,8 @@ class Scheduler:
                     added = True
                 if added:
                     touched.append(worker)
+                if batch is None and not self.requeued:
+                    break  # no work for this worker means none for the others either
         for worker in touched:
             worker.flush_outbox()
 
@@ -614,6 +650,9 @@ class Scheduler:
                 if batch.twins is not None or not batch.started:
                     continue
                 running = now - batch.started
+                timeout = batch.call.policy.task_timeout
+                if timeout and running > timeout / 2:
+                    continue  # the task timeout will settle it; a copy would be an extra try
                 median = batch.call.median_batch_seconds()
                 if median and running > max(self.policy.straggler_factor * median,
                                             self.policy.straggler_min_seconds):
