@@ -43,3 +43,219 @@ def fleet_inventory(fleet: SshdFleet, tmp_path: Path) -> Path:
 
 
 # === end of SSH test fleet ===================================================================
+
+
+# === antnest end-to-end helpers ==============================================================
+# Used by test_conformance, test_cli, test_ssh, test_runner and test_job: one `target` fixture
+# parametrised over the local transport and the SSH fleet, a CLI runner with a fresh HOME, and a
+# guard that fails the test when a runner process or a file outlives a run.
+
+import dataclasses as _dataclasses
+import fnmatch as _fnmatch
+import pwd as _pwd
+import subprocess as _subprocess
+import sys as _sys
+import time as _time
+import uuid as _uuid
+from typing import Any as _Any, Callable as _Callable, Dict as _Dict, List as _List
+from typing import Optional as _Optional, Sequence as _Sequence, Set as _Set
+
+from antnest.testing import processes_matching as _processes_matching
+
+REPO = Path(__file__).resolve().parent.parent
+JOBS = REPO / "jobs"
+TEST_JOBS = Path(__file__).resolve().parent / "jobs"
+RUNNER_MARK = "antnest-runner"      # in every runner's command line (bootstrap.STAGE1)
+MARK_VARIABLE = "ANTNEST_TEST_RUN"  # env marker: tells this test's local runners from others'
+CLI_TIMEOUT = 90.0
+GRACE = 5.0                         # seconds a runner may take to go after its master
+
+
+@_dataclasses.dataclass
+class Target:
+    """Where a conformance test runs its jobs: the local transport or the SSH fleet."""
+
+    name: str                        # "local" or "ssh"
+    args: _List[str]                 # CLI arguments selecting the hosts
+    cluster_kwargs: _Dict[str, _Any]  # the same for antnest.Cluster(...)
+    hosts: _Sequence[str]            # host names that may appear in messages and log prefixes
+    fleet: _Optional[SshdFleet] = None
+    leftovers: _Optional["Leftovers"] = None
+
+
+@pytest.fixture
+def fresh_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A HOME of this test's own (no ~/.ssh), for the CLI subprocesses and in-process clusters."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return home
+
+
+class Leftovers:
+    """Snapshots before a test; after it, waits GRACE for runners to go, then lists what stayed.
+
+    Runners counted are this test's own: local ones carry its environment marker, remote ones
+    are children of the fleet's daemons (the fleet belongs to this pytest session alone). With a
+    fleet, files are looked for in the hosts' home directories, at the top of /tmp and of the
+    login directory sessions start in (another process writing there at the same time would
+    show up too: the message names the path).
+    """
+
+    # Made by other programs that may run meanwhile: pytest's temporary directories, the
+    # benchmarks' fleets (antnest-bench-*), pip, the sandbox's tool directories.
+    TMP_IGNORE = ("pytest-of-*", "antnest-bench-*", "pip-*", "bash_tool_*", "bash_jobs.*")
+
+    def __init__(self, mark: str, fleet: _Optional[SshdFleet]) -> None:
+        self.mark = mark
+        self.fleet = fleet
+        self.tmp_before = self._tmp() if fleet is not None else set()
+        # sshd starts sessions in the user's login directory (the fleet only changes $HOME)
+        self.login_dir = Path(_pwd.getpwuid(os.getuid()).pw_dir)
+        self.login_before = self._login() if fleet is not None else set()
+        self.homes_before = self._homes()
+
+    def runners(self) -> _List[int]:
+        found = []
+        fleet_pids: _Set[int] = set()
+        if self.fleet is not None:
+            for host in self.fleet.hosts:
+                fleet_pids.update(self.fleet.session_pids(host.name))
+        needle = f"{MARK_VARIABLE}={self.mark}".encode()
+        for pid in _processes_matching(RUNNER_MARK):
+            if pid in fleet_pids:
+                found.append(pid)
+                continue
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if needle in environ:
+                found.append(pid)
+        return found
+
+    def wait_for_runners_to_go(self, grace: float = GRACE) -> _List[int]:
+        deadline = _time.monotonic() + grace
+        while True:
+            left = self.runners()
+            if not left or _time.monotonic() >= deadline:
+                return left
+            _time.sleep(0.05)
+
+    def new_files(self) -> _List[str]:
+        if self.fleet is None:  # local runs: only processes are checked
+            return []
+        new = [f"/tmp/{name}" for name in sorted(self._tmp() - self.tmp_before)]
+        new += [str(self.login_dir / name) for name in sorted(self._login() - self.login_before)]
+        after = self._homes()
+        for name, paths in self.homes_before.items():
+            new += [f"{name}:~/{p}" for p in sorted(after.get(name, set()) - paths)]
+        return new
+
+    def check(self) -> None:
+        left = self.wait_for_runners_to_go()
+        if left:
+            described = []
+            for pid in left:
+                try:
+                    described.append(f"{pid}: " + Path(f"/proc/{pid}/cmdline").read_bytes()
+                                     .replace(b"\0", b" ").decode(errors="replace")[:120])
+                except OSError:
+                    described.append(str(pid))
+            pytest.fail("runner processes outlived the run:\n  " + "\n  ".join(described))
+        new = self.new_files()
+        if new:
+            pytest.fail("files appeared during the run: " + ", ".join(new))
+
+    def _tmp(self) -> _Set[str]:
+        names = set(os.listdir("/tmp"))
+        return {n for n in names if not any(_fnmatch.fnmatch(n, p) for p in self.TMP_IGNORE)}
+
+    def _login(self) -> _Set[str]:
+        try:
+            return set(os.listdir(self.login_dir))
+        except OSError:
+            return set()
+
+    def _homes(self) -> _Dict[str, _Set[str]]:
+        if self.fleet is None:
+            return {}
+        listing = {}
+        for host in self.fleet.hosts:
+            paths = set()
+            for root, dirs, files in os.walk(host.home):
+                for entry in dirs + files:
+                    paths.add(os.path.relpath(os.path.join(root, entry), host.home))
+            listing[host.name] = paths
+        return listing
+
+
+def _make_leftovers(monkeypatch: pytest.MonkeyPatch, fleet: _Optional[SshdFleet]) -> Leftovers:
+    mark = _uuid.uuid4().hex
+    monkeypatch.setenv(MARK_VARIABLE, mark)  # inherited by local runners and CLI subprocesses
+    return Leftovers(mark, fleet)
+
+
+@pytest.fixture
+def leftovers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Leftovers]:
+    """No-fleet guard: this test's local runners must all be gone after it."""
+    guard = _make_leftovers(monkeypatch, None)
+    yield guard
+    guard.check()
+
+
+@pytest.fixture
+def fleet_leftovers(fleet: SshdFleet, monkeypatch: pytest.MonkeyPatch) -> Iterator[Leftovers]:
+    """Fleet guard: no runner under the fleet's daemons, no new file in their homes or /tmp."""
+    guard = _make_leftovers(monkeypatch, fleet)
+    yield guard
+    guard.check()
+
+
+@pytest.fixture(params=["local", "ssh"])
+def target(request: pytest.FixtureRequest, tmp_path: Path, fresh_home: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[Target]:
+    """The conformance suite's transport; checks for leftovers after every test."""
+    if request.param == "local":
+        guard = _make_leftovers(monkeypatch, None)
+        yield Target("local", [], {}, ("local",), None, guard)
+    else:
+        fleet: SshdFleet = request.getfixturevalue("fleet")
+        guard = _make_leftovers(monkeypatch, fleet)
+        inventory = fleet.write_inventory(tmp_path / "hosts.yaml", procs=2)
+        yield Target(
+            "ssh",
+            ["-i", str(inventory), "--known-hosts", str(fleet.known_hosts)],
+            {"inventory": inventory, "known_hosts": [fleet.known_hosts]},
+            tuple(h.name for h in fleet.hosts),
+            fleet,
+            guard,
+        )
+    guard.check()
+
+
+@pytest.fixture
+def run_cli(fresh_home: Path) -> _Callable[..., "_subprocess.CompletedProcess[str]"]:
+    """Run `python -m antnest ARGS` with this test's HOME; returns the completed process."""
+
+    def run(*args: "str | os.PathLike[str]", input: _Optional[str] = None,
+            cwd: "Path | str | None" = None, timeout: float = CLI_TIMEOUT,
+            ) -> "_subprocess.CompletedProcess[str]":
+        env = dict(os.environ, HOME=str(fresh_home))
+        env.pop("SSH_AUTH_SOCK", None)
+        return _subprocess.run(
+            [_sys.executable, "-m", "antnest", *map(os.fspath, args)],
+            input=input,
+            stdin=None if input is not None else _subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            cwd=str(cwd or REPO),
+            env=env,
+            timeout=timeout,
+        )
+
+    return run
+
+
+# === end of antnest end-to-end helpers =======================================================
