@@ -7,9 +7,13 @@ stage 2 until the runner says HELLO, so the loader's buffered stdin never holds 
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import inspect
+import marshal
 import pkgutil
 import shlex
+import threading
 import zlib
 from typing import Dict, Tuple
 
@@ -34,21 +38,44 @@ def argv(python: str) -> list:
     return [python, "-B", "-c", STAGE1]
 
 
-def _cloudpickle_sources() -> Dict[str, Tuple[bool, str]]:
-    sources = {"cloudpickle": (True, inspect.getsource(cloudpickle))}
-    for info in pkgutil.iter_modules(cloudpickle.__path__, "cloudpickle."):
-        module = __import__(info.name, fromlist=["_"])
-        sources[info.name] = (info.ispkg, inspect.getsource(module))
-    return sources
+def _cloudpickle_modules() -> Dict[str, Tuple[bool, str, bytes]]:
+    """cloudpickle's modules as (is_package, source, marshalled bytecode)."""
+    modules = {}
+    names = [("cloudpickle", True)] + [
+        (info.name, info.ispkg) for info in pkgutil.iter_modules(cloudpickle.__path__, "cloudpickle.")
+    ]
+    for name, is_package in names:
+        module = importlib.import_module(name)
+        source = inspect.getsource(module)
+        code = compile(source, f"<antnest shipped {name}>", "exec")
+        modules[name] = (is_package, source, marshal.dumps(code))
+    return modules
+
+
+_lock = threading.Lock()
+
+
+def stage2() -> bytes:
+    """Length line + compressed stage 2, built once per master process (thread-safe: the
+    first runners of many hosts ask at the same moment)."""
+    with _lock:
+        return _build_stage2()
+
+
+def prepare() -> None:
+    """Build stage 2 in the background while the hosts are being dialled."""
+    threading.Thread(target=stage2, name="antnest-stage2", daemon=True).start()
 
 
 @functools.lru_cache(maxsize=None)
-def stage2() -> bytes:
-    """Length line + compressed runner source; computed once per master process."""
+def _build_stage2() -> bytes:
+    """Length line + compressed runner source; computed once per master process.
+
+    cloudpickle travels as source and as bytecode: a host with the master's bytecode magic
+    (the same minor version, which antnest requires anyway) skips compiling it, ~30 ms of CPU.
+    """
     source = inspect.getsource(runner)
-    call = "\nmain(shipped=%r, cloudpickle_version=%r)\n" % (
-        _cloudpickle_sources(),
-        cloudpickle.__version__,
-    )
-    body = zlib.compress((source + call).encode("utf-8"), 9)
+    shipped = {"magic": importlib.util.MAGIC_NUMBER, "modules": _cloudpickle_modules()}
+    call = "\nmain(shipped=%r, cloudpickle_version=%r)\n" % (shipped, cloudpickle.__version__)
+    body = zlib.compress((source + call).encode("utf-8"), 6)  # 9: 4x the time, 2% smaller
     return b"%d\n" % len(body) + body

@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, L
 
 import cloudpickle
 
+from antnest import bootstrap
 from antnest import inventory as inventory_module
 from antnest import job as job_module
 from antnest.errors import (
@@ -103,6 +104,7 @@ class Cluster(Executor):
         self._groups = [HostGroup(h, self) for h in host_list]
         self._stop_keepalive = threading.Event()
         started = time.monotonic()
+        bootstrap.prepare()
         for group in self._groups:
             group.start()
         self._wait_for_first_worker()

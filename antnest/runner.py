@@ -22,19 +22,22 @@ The protocol lives on private file descriptors: fd 0 becomes /dev/null and fds 1
 that a thread forwards as LOG frames, so neither print() nor a C library writing to stdout can
 corrupt a frame.
 """
-import enum
 import io
-import json
 import os
 import pickle
-import platform
-import queue
-import socket
 import struct
 import sys
 import threading
 import time
-import traceback
+
+try:  # the C queue: one fewer lock per batch than queue.Queue
+    from _queue import SimpleQueue
+except ImportError:  # pragma: no cover - other interpreters
+    from queue import Queue as SimpleQueue
+
+# Imports are kept to what every runner needs: each costs every host CPU at every start
+# (traceback, json, socket, platform and enum would add ~15 ms). traceback is imported when an
+# error needs it.
 
 PROTOCOL_VERSION = 1
 MAGIC = b"ANTNEST1"
@@ -42,7 +45,9 @@ HEADER = struct.Struct(">QB")
 FLUSH_AFTER = 0.05  # seconds: a long batch sends partial results this often
 
 
-class Kind(enum.IntEnum):
+class Kind(object):
+    """Frame kinds. Plain ints, not an IntEnum: enum costs each runner ~4 ms to import."""
+
     HELLO = 1
     JOB = 2
     TASKS = 3
@@ -52,6 +57,13 @@ class Kind(enum.IntEnum):
     PING = 7
     TIMEOUT = 8
     FATAL = 9
+
+    @classmethod
+    def name(cls, kind):
+        for name, value in vars(cls).items():
+            if value == kind and name.isupper():
+                return name
+        return "kind %d" % kind
 
 
 def encode(kind, payload):
@@ -186,43 +198,64 @@ def _read_exact(fd, n):
 
 
 class _ShippedModules(object):
-    """A meta path finder serving modules from source held in memory (nothing touches disk)."""
+    """A meta path finder serving modules held in memory (nothing touches disk): bytecode when
+    the master's Python has this host's bytecode magic, else source compiled here."""
 
-    def __init__(self, sources):
-        self._sources = sources  # {"pkg.mod": (is_package, source)}
+    def __init__(self, shipped):
+        self._modules = shipped["modules"]  # {"pkg.mod": (is_package, source, marshalled code)}
+        self._magic = shipped.get("magic")
 
     def find_spec(self, name, path=None, target=None):
-        if name not in self._sources:
+        if name not in self._modules:
             return None
-        import importlib.util
+        from importlib.machinery import ModuleSpec
 
-        is_package, _ = self._sources[name]
-        return importlib.util.spec_from_loader(name, self, is_package=is_package)
+        return ModuleSpec(name, self, is_package=self._modules[name][0])
 
     def create_module(self, spec):
         return None
 
     def exec_module(self, module):
-        is_package, source = self._sources[module.__name__]
+        is_package, source, code = self._modules[module.__name__]
         if is_package:
             module.__path__ = []
-        code = compile(source, "<antnest shipped %s>" % module.__name__, "exec")
+        if code is not None and self._magic == _bytecode_magic():
+            import marshal
+
+            code = marshal.loads(code)
+        else:
+            code = compile(source, "<antnest shipped %s>" % module.__name__, "exec")
         exec(code, module.__dict__)
 
 
-def _ensure_cloudpickle(shipped, wanted_version):
-    """Use the host's cloudpickle when it is the master's version, else serve ours from memory."""
-    try:
-        import cloudpickle
+def _bytecode_magic():
+    bootstrap = sys.modules.get("_frozen_importlib_external")
+    if bootstrap is None:  # pragma: no cover - other interpreters
+        from importlib.util import MAGIC_NUMBER
 
-        if getattr(cloudpickle, "__version__", None) == wanted_version or not shipped:
+        return MAGIC_NUMBER
+    return bootstrap.MAGIC_NUMBER
+
+
+def _ensure_cloudpickle(shipped, wanted_version):
+    """Use the host's cloudpickle when it is the master's version, else serve ours from memory.
+    Only looked for, not imported: importing it costs a start-up that may never need it."""
+    from importlib.machinery import PathFinder
+
+    spec = PathFinder.find_spec("cloudpickle")
+    if spec is not None and spec.origin:
+        try:
+            version_file = os.path.join(os.path.dirname(spec.origin), "__init__.py")
+            with open(version_file) as handle:
+                text = handle.read()
+            found_same = any(("__version__ = %s%s%s" % (q, wanted_version, q)) in text
+                             for q in ("'", '"'))
+        except OSError:
+            found_same = False
+        if found_same or not shipped:
             return "found"
-        for name in list(sys.modules):
-            if name == "cloudpickle" or name.startswith("cloudpickle."):
-                del sys.modules[name]
-    except ImportError:
-        if not shipped:
-            return "missing"
+    elif not shipped:
+        return "missing"
     sys.meta_path.insert(0, _ShippedModules(shipped))
     return "shipped"
 
@@ -236,9 +269,9 @@ def _hello_info(cloudpickle_state):
         "magic": MAGIC.decode(),
         "protocol": PROTOCOL_VERSION,
         "python": list(sys.version_info[:3]),
-        "implementation": platform.python_implementation(),
+        "implementation": sys.implementation.name,
         "executable": sys.executable,
-        "hostname": socket.gethostname(),
+        "hostname": os.uname().nodename,
         "pid": os.getpid(),
         "cpus": cpus,
         "pickle_protocol": pickle.HIGHEST_PROTOCOL,
@@ -250,7 +283,7 @@ class _Runner(object):
     def __init__(self, proto_in, writer, current):
         self.writer = writer
         self.current = current
-        self.inbox = queue.Queue()
+        self.inbox = SimpleQueue()
         self.functions = {}
         self.task_timeout = None
         self.idle_timeout = None
@@ -322,6 +355,8 @@ class _Runner(object):
         try:
             self.functions[fn_id] = pickle.loads(blob)
         except BaseException:
+            import traceback
+
             self.functions[fn_id] = _Unloadable(traceback.format_exc(), self.master_python)
 
     def _run_batch(self, payload):
@@ -404,12 +439,15 @@ class _Unloadable(object):
         raise RuntimeError(
             "the processor could not be loaded on this host (Python %s; the master runs "
             "Python %s, and functions defined by value only load on the same minor "
-            "version):\n%s" % (platform.python_version(), self.master_python, self.text)
+            "version):\n%s" % (".".join(map(str, sys.version_info[:3])), self.master_python,
+                                self.text)
         )
 
 
 def _describe_error(exc, skip_frames=0):
     """(pickled exception or None, type name, message, traceback text) for the master."""
+    import traceback
+
     tb = exc.__traceback__
     for _ in range(skip_frames):  # the runner's own frames say nothing about the task
         if tb is not None and tb.tb_next is not None:
@@ -467,9 +505,12 @@ def main(shipped=None, cloudpickle_version=None):
         cloudpickle_state = _ensure_cloudpickle(shipped or {}, cloudpickle_version)
         hello = _hello_info(cloudpickle_state)
     except BaseException:
+        import traceback
+
         os.write(fatal_fd, traceback.format_exc().encode())
         _exit_now(2)
-    writer.send(Kind.HELLO, json.dumps(hello).encode())
+    writer.send(Kind.HELLO, repr(hello).encode())  # literals only: the master reads it with
+    # ast.literal_eval, so a HELLO can never execute anything there
 
     runner = _Runner(proto_in, writer, current)
     for target in (runner.read_loop, runner.watchdog):
@@ -478,6 +519,8 @@ def main(shipped=None, cloudpickle_version=None):
     try:
         runner.serve()
     except BaseException:
+        import traceback
+
         text = traceback.format_exc()
         try:
             writer.send(Kind.FATAL, text.encode())

@@ -5,8 +5,8 @@ A HostGroup holds what the slots of one host share: the SSH connection and the h
 """
 from __future__ import annotations
 
+import ast
 import collections
-import json
 import logging
 import os
 import pickle
@@ -388,7 +388,13 @@ def await_hello(host: Host, proc: Any, reader: FrameReader) -> dict:
         frame = None
     if frame is None or frame[0] != Kind.HELLO:
         raise _boot_error(host, proc)
-    hello = json.loads(frame[1].decode())
+    try:
+        hello = ast.literal_eval(frame[1].decode())
+    except (ValueError, SyntaxError, UnicodeDecodeError):
+        hello = None
+    if not isinstance(hello, dict):
+        proc.kill()
+        raise BootstrapError(host.name, f"unexpected handshake {frame[1][:200]!r}")
     if hello.get("magic") != runner.MAGIC.decode() or hello.get("protocol") != runner.PROTOCOL_VERSION:
         proc.kill()
         raise BootstrapError(host.name, f"unexpected handshake {hello!r}")
