@@ -318,11 +318,13 @@ def child_W5(quick: bool) -> Dict[str, Any]:
     clock = time.perf_counter
     lat: List[float] = []
     pool_lat: List[float] = []
-    with Weather() as weather, cluster(4) as c, Pool(4) as pool:
+    floor_lat: List[float] = []
+    with Weather() as weather, cluster(4) as c, Pool(4) as pool, _EchoChannel() as floor:
         c.wait_for_hosts()
         for i in range(warm):
             c.submit(echo, i).result()
             pool.apply_async(echo, (i,)).get()
+            floor.round_trip()
         for _ in range(blocks):
             for i in range(per_block):
                 t = clock()
@@ -332,6 +334,10 @@ def child_W5(quick: bool) -> Dict[str, Any]:
                 t = clock()
                 pool.apply_async(echo, (i,)).get()
                 pool_lat.append(clock() - t)
+            for i in range(per_block):
+                t = clock()
+                floor.round_trip()
+                floor_lat.append(clock() - t)
     lat.sort()
     pool_lat.sort()
     n = len(lat)
@@ -340,7 +346,45 @@ def child_W5(quick: bool) -> Dict[str, Any]:
             "notes": f"median of {n} after {warm} warm-up, in {blocks} alternating blocks; "
                      f"antnest p10/p90 {lat[n // 10] * 1e6:.0f}/{lat[n * 9 // 10] * 1e6:.0f} us, "
                      f"Pool p10/p90 {pool_lat[n // 10] * 1e6:.0f}/{pool_lat[n * 9 // 10] * 1e6:.0f} us; "
+                     f"transport floor (bare paramiko exec channel, same cipher, to a python3 "
+                     f"echo loop, no pickling): median {med(floor_lat) * 1e6:.0f} us, antnest = "
+                     f"{med(lat) / med(floor_lat):.2f}x floor; "
                      f"others took {weather.share:.0%} of the CPUs"}
+
+
+class _EchoChannel:
+    """The transport's own round-trip floor: one paramiko exec channel (AES-GCM, like antnest)
+    to a python3 loop that echoes what it reads, on the first fleet host."""
+
+    SOURCE = "import os\nwhile True:\n d=os.read(0,65536)\n if not d: break\n os.write(1,d)\n"
+
+    def __enter__(self) -> "_EchoChannel":
+        import shlex
+
+        import paramiko
+
+        with open(os.environ[FLEET_ENV]) as f:
+            info = json.load(f)
+        host = info["hosts"][0]
+        self._client = paramiko.SSHClient()
+        self._client.load_host_keys(info["known_hosts"])
+        self._client.connect(host["address"], port=host["port"], username=info["user"],
+                             key_filename=info["client_key"], allow_agent=False,
+                             look_for_keys=False,
+                             disabled_algorithms={"ciphers": ["aes128-ctr", "aes192-ctr",
+                                                              "aes256-ctr"]})
+        self._channel = self._client.get_transport().open_session(window_size=64 << 20,
+                                                                  max_packet_size=32768)
+        self._channel.exec_command("python3 -c " + shlex.quote(self.SOURCE))
+        return self
+
+    def round_trip(self) -> None:
+        self._channel.sendall(b"x" * 40)
+        self._channel.recv(100)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._channel.close()
+        self._client.close()
 
 
 def child_W6(quick: bool, impl: str, items: int) -> Dict[str, Any]:
