@@ -59,9 +59,14 @@ class Kind(object):
     FATAL = 9
 
     @classmethod
+    def all(cls):
+        """{name: value} of every kind."""
+        return {name: value for name, value in vars(cls).items() if name.isupper()}
+
+    @classmethod
     def name(cls, kind):
-        for name, value in vars(cls).items():
-            if value == kind and name.isupper():
+        for name, value in cls.all().items():
+            if value == kind:
                 return name
         return "kind %d" % kind
 
@@ -74,6 +79,23 @@ def encode(kind, payload):
 def frame(kind, payload):
     """One frame as (header, payload): large payloads are sent without a copy."""
     return HEADER.pack(len(payload), kind), payload
+
+
+def encode_hello(info):
+    """HELLO is a dict of literals: written with repr, so the runner needs no json."""
+    return repr(info).encode()
+
+
+def decode_hello(payload):
+    """The master's side: ast.literal_eval, so a HELLO can never execute anything. Returns
+    None for anything that is not a dict of literals."""
+    import ast
+
+    try:
+        info = ast.literal_eval(payload.decode())
+    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 class FrameReader(object):
@@ -509,8 +531,7 @@ def main(shipped=None, cloudpickle_version=None):
 
         os.write(fatal_fd, traceback.format_exc().encode())
         _exit_now(2)
-    writer.send(Kind.HELLO, repr(hello).encode())  # literals only: the master reads it with
-    # ast.literal_eval, so a HELLO can never execute anything there
+    writer.send(Kind.HELLO, encode_hello(hello))
 
     runner = _Runner(proto_in, writer, current)
     for target in (runner.read_loop, runner.watchdog):

@@ -5,7 +5,6 @@ A HostGroup holds what the slots of one host share: the SSH connection and the h
 """
 from __future__ import annotations
 
-import ast
 import collections
 import logging
 import os
@@ -22,7 +21,7 @@ import paramiko
 from antnest import runner
 from antnest.errors import BootstrapError, ConnectError, HostError, RunnerLost
 from antnest.inventory import Host
-from antnest.runner import FrameReader, Kind, encode, frame
+from antnest.runner import FrameReader, Kind, decode_hello, encode, frame
 from antnest.transport.local import LocalProcess
 from antnest.transport.ssh import SshConnection, SshOptions, SshProcess
 
@@ -388,11 +387,8 @@ def await_hello(host: Host, proc: Any, reader: FrameReader) -> dict:
         frame = None
     if frame is None or frame[0] != Kind.HELLO:
         raise _boot_error(host, proc)
-    try:
-        hello = ast.literal_eval(frame[1].decode())
-    except (ValueError, SyntaxError, UnicodeDecodeError):
-        hello = None
-    if not isinstance(hello, dict):
+    hello = decode_hello(frame[1])
+    if hello is None:
         proc.kill()
         raise BootstrapError(host.name, f"unexpected handshake {frame[1][:200]!r}")
     if hello.get("magic") != runner.MAGIC.decode() or hello.get("protocol") != runner.PROTOCOL_VERSION:

@@ -5,7 +5,6 @@ LocalProcess; frames are read on a thread so that no test can block forever.
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import queue
@@ -22,7 +21,15 @@ import cloudpickle
 import pytest
 
 from antnest import bootstrap
-from antnest.runner import HEADER, MAGIC, PROTOCOL_VERSION, FrameReader, Kind, encode
+from antnest.runner import (
+    HEADER,
+    MAGIC,
+    PROTOCOL_VERSION,
+    FrameReader,
+    Kind,
+    decode_hello,
+    encode,
+)
 from antnest.testing import pid_alive
 from antnest.transport.local import LocalProcess
 
@@ -68,10 +75,12 @@ def test_header_is_length_then_kind_big_endian() -> None:
 
 
 def test_kinds_are_distinct_small_integers() -> None:
-    values = [int(k) for k in Kind]
+    kinds = Kind.all()
+    values = list(kinds.values())
     assert len(set(values)) == len(values)
-    assert all(0 < v < 256 for v in values)
-    assert {"HELLO", "JOB", "TASKS", "RESULTS", "LOG", "BYE"} <= {k.name for k in Kind}
+    assert all(isinstance(v, int) and 0 < v < 256 for v in values)
+    assert {"HELLO", "JOB", "TASKS", "RESULTS", "LOG", "BYE"} <= set(kinds)
+    assert all(Kind.name(value) == name for name, value in kinds.items())
 
 
 @pytest.mark.parametrize("sizes", [[1], [2], [3, 1, 7], [9], [10], [4096], [1 << 20]],
@@ -171,7 +180,7 @@ class LiveRunner:
     def hello(self) -> Dict[str, Any]:
         frame = self.next()
         assert frame is not None and frame[0] == Kind.HELLO, frame
-        return json.loads(frame[1].decode())
+        return decode_hello(frame[1])
 
     def send_job(self, fn_id: int, fn: Any, **options: Any) -> None:
         self.proc.send(encode(Kind.JOB, pickle.dumps((fn_id, cloudpickle.dumps(fn), options))))

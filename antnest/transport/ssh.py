@@ -108,6 +108,9 @@ class SshConnection:
         with self._lock:
             if self._conn is not None and self.is_alive():
                 return
+            if self._conn is not None:  # a dead connection: let go of it and its jump hosts
+                self._discard(self._conn)
+                self._conn = None
             delay = 0.2
             for attempt in range(1, HANDSHAKE_TRIES + 1):
                 try:
@@ -121,13 +124,18 @@ class SshConnection:
                     delay *= 2
 
     def _open(self) -> Connection:
-        gateway = None
-        for hop in self.host.jump:
-            gateway = self._connection(hop, gateway)
-        if gateway is None and self.host.proxy_command:
+        gateway: Any = None
+        if self.host.jump:
+            gateway = _gateways.acquire(self, self.host.jump)
+        elif self.host.proxy_command:
             gateway = self.host.proxy_command
-        conn = self._connection(self.host, gateway)
-        self._establish(conn, self.host)
+        try:
+            conn = self._connection(self.host, gateway)
+            self._establish(conn, self.host)
+        except BaseException:
+            if self.host.jump:
+                _gateways.release(self.host.jump)
+            raise
         return conn
 
     def _connection(self, host: Host, gateway) -> Connection:
@@ -154,8 +162,6 @@ class SshConnection:
         # read by N hosts would otherwise cost N² at start-up).
         client._system_host_keys = _known_hosts(host, self.options)
         client.set_missing_host_key_policy(_HostKeyPolicy(host, self.options))
-        if isinstance(gateway, Connection):  # the hop must be up before fabric dials through it
-            self._establish(gateway, _host_of(gateway, host))
         return conn
 
     def _establish(self, conn: Connection, host: Host) -> None:
@@ -238,11 +244,68 @@ class SshConnection:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
-            gateway = conn.gateway
-            conn.close()
-            while isinstance(gateway, Connection):
-                gateway.close()
-                gateway = gateway.gateway
+            self._discard(conn)
+
+    def _discard(self, conn: Connection) -> None:
+        conn.close()
+        if self.host.jump:
+            _gateways.release(self.host.jump)
+
+
+class _Gateways:
+    """Jump hosts shared by every target behind them: one connection per hop chain, so a
+    bastion in front of 100 hosts sees one handshake, not 100 (MaxStartups), and each target
+    is a cheap direct-tcpip channel through it. Counted: the last user closes it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: Dict[tuple, list] = {}  # chain -> [Connection or None, users, lock]
+
+    @staticmethod
+    def _key(chain: Sequence[Host]) -> tuple:
+        return tuple((h.user, h.address, h.port, h.identity_files) for h in chain)
+
+    def acquire(self, owner: "SshConnection", chain: Sequence[Host]) -> Connection:
+        """The open connection to the last hop of `chain`, through the hops before it."""
+        parent = self.acquire(owner, chain[:-1]) if len(chain) > 1 else None
+        key = self._key(chain)
+        with self._lock:
+            entry = self._entries.setdefault(key, [None, 0, threading.Lock()])
+            entry[1] += 1
+        try:
+            with entry[2]:
+                conn = entry[0]
+                if conn is None or conn.transport is None or not conn.transport.is_active():
+                    hop = chain[-1]
+                    conn = owner._connection(hop, parent)
+                    owner._establish(conn, _jump_host(hop, owner.host))
+                    entry[0] = conn
+            return conn
+        except BaseException:
+            self._drop(key)
+            if len(chain) > 1:
+                self.release(chain[:-1])
+            raise
+
+    def release(self, chain: Sequence[Host]) -> None:
+        self._drop(self._key(chain))
+        if len(chain) > 1:
+            self.release(chain[:-1])
+
+    def _drop(self, key: tuple) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self._entries[key]
+        if entry[0] is not None:
+            entry[0].close()
+
+
+_gateways = _Gateways()
 
 
 class _RetryableHandshake(Exception):
@@ -343,9 +406,11 @@ class SshProcess:
         return _describe_exit(code, stderr, None if ready else "no exit status yet")
 
 
-def _host_of(gateway: Connection, fallback: Host) -> Host:
-    return Host(name=f"{gateway.user}@{gateway.host}:{gateway.port} (jump host of {fallback.name})",
-                address=gateway.host, port=gateway.port)
+def _jump_host(hop: Host, target: Host) -> Host:
+    """The hop, named so that its errors say it is a jump host and for whom."""
+    import dataclasses
+
+    return dataclasses.replace(hop, name=f"{hop.name} (jump host of {target.name})")
 
 
 def _local_user() -> str:
@@ -373,23 +438,3 @@ def _offered_keys(host: Host) -> str:
         return ("no key was offered: set identity_file in the inventory, IdentityFile in "
                 "ssh_config, or load a key into ssh-agent")
     return "keys offered: " + ", ".join(offered) + "; is the public key in the host's authorized_keys?"
-
-
-def open_all(hosts: Sequence[Host], options: SshOptions) -> Dict[str, object]:
-    """Connect to many hosts in parallel: {name: SshConnection or the HostError it raised}."""
-    results: Dict[str, object] = {}
-
-    def one(host: Host) -> None:
-        conn = SshConnection(host, options)
-        try:
-            conn.connect()
-            results[host.name] = conn
-        except HostError as exc:
-            results[host.name] = exc
-
-    threads = [threading.Thread(target=one, args=(h,), daemon=True) for h in hosts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
