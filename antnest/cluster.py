@@ -108,9 +108,8 @@ class Cluster(Executor):
         for group in self._groups:
             group.start()
         self._wait_for_first_worker()
-        log.info("started %d runner(s) on %d of %d host(s) in %.2f s",
-                 len(self.scheduler.workers), sum(1 for g in self._groups if g.hello),
-                 len(self._groups), time.monotonic() - started)
+        log.info("first runner up after %.2f s; work starts while the other runners of %d "
+                 "host(s) join", time.monotonic() - started, len(self._groups))
         threading.Thread(target=self._monitor, name="antnest-monitor", daemon=True).start()
 
     # -- hosts -----------------------------------------------------------------------------

@@ -89,6 +89,9 @@ class HostGroup:
             self.state.hostname = hello["hostname"]
             self.state.cloudpickle = hello.get("cloudpickle")
             self.state.state = "connected"
+            log.info("host %s: connected (%s, Python %s, %s CPUs, cloudpickle %s)", self.name,
+                     self.state.address, self.state.python, self.state.cpus,
+                     self.state.cloudpickle)
             if self.target_procs is not None:
                 return
             wanted = hello["cpus"] or 1
