@@ -329,7 +329,8 @@ def test_report_when_interrupted(tmp_path: Path, signum: int, code: int) -> None
 
 def test_log_file_has_timestamped_lines_and_remote_output(tmp_path: Path) -> None:
     log_file = tmp_path / "antnest.log"
-    done = run(tmp_path, "--log-file", str(log_file), COUNTED,
+    # --keep-going: every taskunit runs (fail-fast may stop before the last ones print)
+    done = run(tmp_path, "--log-file", str(log_file), "--keep-going", COUNTED,
                env={"ANTNEST_TEST_NOTE": "1", "ANTNEST_TEST_FAIL": "7"})
     assert done.returncode == 1
     lines = [line for line in log_file.read_text().splitlines() if line.strip()]
