@@ -100,6 +100,7 @@ class Cluster(Executor):
         self.host_errors: Dict[str, Exception] = {}
         self._submits: Dict[int, Any] = {}
         self._shutdown = False
+        self._running = False  # a first runner is up
         self._lock = threading.Lock()
         self._groups = [HostGroup(h, self) for h in host_list]
         self._stop_keepalive = threading.Event()
@@ -119,6 +120,9 @@ class Cluster(Executor):
             while not sched.workers and sched.starting > 0:
                 sched.cond.wait(0.5)
             if sched.workers:
+                self._running = True
+                for name, error in list(self.host_errors.items()):
+                    log.warning("host %s cannot be used: %s", name, getattr(error, "problem", error))
                 return
         self._close_groups()
         raise self._no_hosts_error()
@@ -131,8 +135,11 @@ class Cluster(Executor):
         return NoHostsError(errors, detail + progress_of(call))
 
     def host_failed(self, group: HostGroup, error: HostError) -> None:
+        """Said at once when the cluster already runs; before that, only if some other host
+        comes up (when none does, NoHostsError lists them all, once)."""
         self.host_errors[group.name] = error
-        log.error("host %s cannot be used: %s", group.name, error.problem)
+        if self._running:
+            log.warning("host %s cannot be used: %s", group.name, error.problem)
 
     def wait_for_hosts(self, timeout: Optional[float] = None) -> List[HostState]:
         """Block until every host has finished starting (or failed); returns `hosts`."""

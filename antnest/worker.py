@@ -199,6 +199,20 @@ class Worker:
 
     # -- the slot's life ---------------------------------------------------------------------
     def _main(self) -> None:
+        try:
+            self._life()
+        except Exception:  # a bug here must not leave the cluster waiting for this slot
+            log.exception("%s: runner slot failed unexpectedly", self.label)
+            self.accepting = False
+            self.gave_up = True
+            if self.proc is not None:
+                self.proc.kill()
+            if self in self.scheduler.workers:
+                self.scheduler.on_lost(self, "internal error", blame=False, will_restart=False)
+            else:  # it was (re)starting, and counted as such
+                self.scheduler.boot_failed()
+
+    def _life(self) -> None:
         failures = 0
         delay = 0.5
         first = True

@@ -10,6 +10,7 @@ import threading
 from typing import Optional
 
 from antnest import bootstrap
+from antnest.errors import BootstrapError
 
 
 class LocalProcess:
@@ -17,14 +18,19 @@ class LocalProcess:
 
     def __init__(self, label: str = "local", python: Optional[str] = None) -> None:
         self.label = label
-        self._proc = subprocess.Popen(
-            bootstrap.argv(python or sys.executable),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            bufsize=0,
-            start_new_session=True,  # Ctrl-C reaches the master only; it stops the runners
-        )
+        interpreter = python or sys.executable
+        try:
+            self._proc = subprocess.Popen(
+                bootstrap.argv(interpreter),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                start_new_session=True,  # Ctrl-C reaches the master only; it stops the runners
+            )
+        except OSError as exc:
+            raise BootstrapError(label, f"cannot start the interpreter {interpreter!r}: "
+                                 f"{exc.strerror or exc}", status="no python") from None
         self.pid = self._proc.pid
         self._stdin = self._proc.stdin.fileno()
         self._stdout = self._proc.stdout.fileno()
