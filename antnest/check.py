@@ -16,6 +16,7 @@ import cloudpickle
 from antnest.errors import HostError
 from antnest.inventory import Host
 from antnest.runner import FrameReader, Kind, frame
+from antnest.transport import RunnerProcess
 from antnest.transport.local import LocalProcess
 from antnest.transport.ssh import SshConnection, SshOptions
 from antnest.worker import await_hello
@@ -62,7 +63,7 @@ def check_hosts(hosts: Sequence[Host], options: SshOptions) -> List[HostCheck]:
 
 def _probe(host: Host, row: HostCheck, options: SshOptions) -> None:
     connection = None if host.local else SshConnection(host, options)
-    proc = None
+    proc: Optional[RunnerProcess] = None
     try:
         if connection is None:
             proc = LocalProcess(host.name)

@@ -240,9 +240,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise
         finally:
             cluster = state.get("cluster")
-            counts = cluster.job_counts() if cluster is not None else dict(
+            counts: Dict[str, Any] = cluster.job_counts() if cluster is not None else dict(
                 done=0, failed=0, retried=0, resumed=0, failures=[])
-            failures = counts.pop("failures") or failures_of(error)
+            failures = list(counts.pop("failures") or failures_of(error))
             message = None if error is None else (str(error).splitlines() or [""])[0] or (
                 type(error).__name__)
             try:

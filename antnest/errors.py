@@ -108,7 +108,10 @@ def _shorten(value: Any, limit: int = 80) -> str:
 
 
 class TaskError(AntnestError):
-    """A taskunit failed for good. `remote_traceback` is the text from the host."""
+    """A taskunit failed for good. `remote_traceback` is the text from the host;
+    `exception` the remote exception rebuilt here, when it could be."""
+
+    exception: Optional[BaseException] = None
 
     def __init__(
         self,

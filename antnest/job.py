@@ -16,7 +16,7 @@ import os
 import sys
 import types
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterable, Iterator, List, Optional, Union
+from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import cloudpickle
 
@@ -134,8 +134,11 @@ def from_module(module: types.ModuleType, path: str = "<job>", digest: str = "")
                                  "(item) or, in the original form, two (self, data)")
     split = ns.get("split")
     combine = ns.get("combine")
-    want = {"modern": {"split": (1,), "combine": (1, 2)},
-            "original": {"split": (3,), "combine": (1,)}}[form]
+    arities: Dict[str, Dict[str, Tuple[int, ...]]] = {
+        "modern": {"split": (1,), "combine": (1, 2)},
+        "original": {"split": (3,), "combine": (1,)},
+    }
+    want = arities[form]
     shape = {"modern": {"split": "split(input_data)", "combine": "combine(results)"},
              "original": {"split": "split(self, input_data, processor)",
                           "combine": "combine(self)"}}[form]
@@ -203,7 +206,7 @@ def _modern_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:
     data = handle if handle is not None else job.input_data
     split = job.split or default_split
     items = split(data) if job.split else default_split(data)
-    combine = job.combine or default_combine
+    combine: Callable[..., Any] = job.combine or default_combine
     wants_failures = job.combine is not None and _positional_count(combine, job.path or "", "combine") == 2
 
     def run_combine(results: Iterator[Any], failures: List[Any]) -> Any:
@@ -251,9 +254,10 @@ def _original_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:
     if input_data is None:
         raise UsageError(f"{job.name}: the job has no input: define input_data or pass --input")
     owner = _OriginalJob(input_data)
+    split = job.split or _original_default_split
 
     def taskunit_data() -> Iterator[Any]:
-        for index, unit in enumerate(job.split(owner, input_data, job.processor)):
+        for index, unit in enumerate(split(owner, input_data, job.processor)):
             if not isinstance(unit, taskunit_module.TaskUnit):
                 unit = taskunit_module.TaskUnit(data=unit)
             unit.id = index

@@ -33,7 +33,7 @@ import time
 try:  # the C queue: one fewer lock per batch than queue.Queue
     from _queue import SimpleQueue
 except ImportError:  # pragma: no cover - other interpreters
-    from queue import Queue as SimpleQueue
+    from queue import Queue as SimpleQueue  # type: ignore[assignment]
 
 # Imports are kept to what every runner needs: each costs every host CPU at every start
 # (traceback, json, socket, platform and enum would add ~15 ms). traceback is imported when an

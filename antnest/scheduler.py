@@ -84,7 +84,7 @@ class Batch:
         """Items [start:stop] as a new batch; it shares this batch's exactly-once map unless
         `fresh` (then the caller marks the slots here as handed over)."""
         stop = len(self.items) if stop is None else stop
-        fields = dict(attempts=self.attempts, lost=self.lost, avoid=self.avoid)
+        fields: Dict[str, Any] = dict(attempts=self.attempts, lost=self.lost, avoid=self.avoid)
         fields.update(changes)
         if fresh:
             return Batch(self.call, self.first_seq + start, self.items[start:stop], **fields)
@@ -198,7 +198,7 @@ class Call:
         if self.taken - self.consumed >= self.ahead_limit():
             return None
         if self._feeder is None:
-            self._feeder = _Feeder(self, self._input)
+            self._feeder = _Feeder(self, self._input or iter(()))
             self._input = None
         feeder = self._feeder
         buffer = feeder.buffer
@@ -372,7 +372,7 @@ class FutureCall(Call):
     def take(self) -> Optional[Batch]:
         if self.error is not None:
             return None
-        items = []
+        items: List[Any] = []
         while self._queue and len(items) < self.batch_size():
             item, future = self._queue.popleft()
             if not future.set_running_or_notify_cancel():
@@ -481,7 +481,7 @@ class Scheduler:
         self._rr = 0
         self.closed: Optional[BaseException] = None
         self.starting = 0            # runners booting; no worker and none starting: no way on
-        self.stats = collections.Counter()
+        self.stats: "collections.Counter[str]" = collections.Counter()
 
     # -- registration --------------------------------------------------------------------
     def add_call(self, call: Call) -> Call:
@@ -575,10 +575,9 @@ class Scheduler:
             return batch
         calls = self.calls
         for i in range(len(calls)):
-            call = calls[(self._rr + i) % len(calls)]
-            batch = call.take()
-            if batch is not None:
-                return batch
+            taken = calls[(self._rr + i) % len(calls)].take()
+            if taken is not None:
+                return taken
         return None
 
     def _someone_else_can(self, batch: Batch) -> bool:

@@ -32,6 +32,8 @@ class LocalProcess:
             raise BootstrapError(label, f"cannot start the interpreter {interpreter!r}: "
                                  f"{exc.strerror or exc}", status="no python") from None
         self.pid = self._proc.pid
+        assert self._proc.stdin and self._proc.stdout and self._proc.stderr  # PIPE, all three
+        self._pipes = (self._proc.stdin, self._proc.stdout, self._proc.stderr)
         self._stdin = self._proc.stdin.fileno()
         self._stdout = self._proc.stdout.fileno()
         self._stderr_tail: collections.deque = collections.deque(maxlen=64)
@@ -39,7 +41,7 @@ class LocalProcess:
         self.send(bootstrap.stage2())
 
     def _drain_stderr(self) -> None:
-        for line in self._proc.stderr:
+        for line in self._pipes[2]:
             self._stderr_tail.append(line.decode("utf-8", "replace"))
 
     def send(self, *chunks: bytes) -> None:
@@ -53,7 +55,7 @@ class LocalProcess:
 
     def close(self) -> None:
         try:
-            self._proc.stdin.close()
+            self._pipes[0].close()
         except OSError:
             pass
 
@@ -68,7 +70,7 @@ class LocalProcess:
             self._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        for stream in (self._proc.stdout, self._proc.stderr):
+        for stream in self._pipes[1:]:
             try:
                 stream.close()
             except OSError:

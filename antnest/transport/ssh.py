@@ -231,6 +231,7 @@ class SshConnection:
     def open_runner(self, label: str) -> "SshProcess":
         if self._conn is None or not self.is_alive():
             self.connect()
+        assert self._conn is not None
         try:
             channel = self._conn.transport.open_session(
                 window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=self.options.connect_timeout
