@@ -206,8 +206,18 @@ class Cluster(Executor):
         return self._results(UnorderedCall(self.scheduler, _ship(fn), iterable, name=_name(fn)), None)
 
     def _results(self, call: OrderedCall, timeout: Optional[float]) -> Iterator[Any]:
+        timer = None
+        if timeout is not None:  # counted from the call, as concurrent.futures does
+            error = TimeoutError(f"map() did not finish within {timeout:g} s")
+            timer = threading.Timer(timeout, self._fail_call, (call, error))
+            timer.daemon = True
+            timer.start()
         self.scheduler.add_call(call)
-        return _raising_remote_types(call, timeout)
+        return _raising_remote_types(call, timer)
+
+    def _fail_call(self, call: Call, error: BaseException) -> None:
+        with self.scheduler.cond:
+            call.fail(error)
 
     def run(self, job: Union[PathLike, job_module.Job], input: Any = None,
             output: Optional[IO[str]] = None, timeout: Optional[float] = None, *,
@@ -305,8 +315,7 @@ class Cluster(Executor):
                     retried=call.retried, resumed=resumed, failures=list(call.failures))
 
     def _expire(self, call: Call, seconds: float) -> None:
-        with self.scheduler.cond:
-            call.fail(self.scheduler.timeout_error(seconds, call))
+        self._fail_call(call, self.scheduler.timeout_error(seconds, call))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop every runner and close every connection; nothing stays behind on the hosts."""
@@ -370,17 +379,15 @@ def _length(items: Any) -> Optional[int]:
         return None
 
 
-def _raising_remote_types(call: OrderedCall, timeout: Optional[float]) -> Iterator[Any]:
-    deadline = None if timeout is None else time.monotonic() + timeout
+def _raising_remote_types(call: OrderedCall, timer: Optional[threading.Timer]) -> Iterator[Any]:
     try:
-        for value in call.results(with_failures=False):
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"map() did not finish within {timeout:g} s")
-            yield value
+        yield from call.results(with_failures=False)
     except TaskError as error:
         raisable = as_raisable(error)
         raise raisable from raisable.__cause__
     finally:
+        if timer is not None:
+            timer.cancel()
         with call.scheduler.cond:
             if not call.done:  # the caller stopped early: take nothing more
                 call.fail(GeneratorExit())

@@ -594,7 +594,9 @@ class Scheduler:
             n = len(values)
             call.learn(n, elapsed, payload_size)
             lo = batch.base + offset
-            if call.error is None:
+            if call.error is not None:  # the call ended: drop the values, free the window
+                batch.filled[lo:lo + n] = b"\x01" * n
+            else:
                 if not errors and batch.filled.find(1, lo, lo + n) == -1:
                     batch.filled[lo:lo + n] = b"\x01" * n
                     call.accept(batch.first_seq + offset, values)
@@ -646,7 +648,7 @@ class Scheduler:
                 if not worker.inflight:
                     continue
                 batch = next(iter(worker.inflight.values()))
-                if batch.twins is not None or not batch.started:
+                if batch.twins is not None or not batch.started or batch.call.error is not None:
                     continue
                 running = now - batch.started
                 timeout = batch.call.policy.task_timeout
@@ -727,6 +729,8 @@ class Scheduler:
             error.exception = None
             if batch.call.error is None:
                 self._task_failed(worker, batch, index, error)
+            else:
+                batch.filled[batch.base + index] = 1
 
     def on_lost(self, worker: Any, reason: str, blame: bool, will_restart: bool) -> None:
         """Give back every unfinished taskunit of a vanished worker."""

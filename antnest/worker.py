@@ -290,7 +290,13 @@ class Worker:
         # Options every JOB would carry; sent once now so the watchdogs run from the start.
         options = {"heartbeat": HEARTBEAT, "idle_timeout": RUNNER_IDLE_TIMEOUT,
                    "master_python": _python_version()}
-        proc.send(encode(Kind.JOB, pickle.dumps((None, None, options), protocol=self.pickle_protocol)))
+        try:
+            proc.send(encode(Kind.JOB, pickle.dumps((None, None, options),
+                                                    protocol=self.pickle_protocol)))
+        except (OSError, EOFError, paramiko.SSHException):
+            if self._stopping.is_set():
+                raise BootstrapError(self.host_name, "the cluster is shutting down") from None
+            # gone right after HELLO: _serve reads the EOF and it is an ordinary lost runner
         self.accepting = True
         self.scheduler.add_worker(self)
         self.group.update_alive()

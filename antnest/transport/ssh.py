@@ -112,15 +112,24 @@ class SshConnection:
                 self._discard(self._conn)
                 self._conn = None
             delay = 0.2
+            timeout = self.host.connect_timeout or self.options.connect_timeout
+            deadline = time.monotonic() + timeout  # for every attempt together
             for attempt in range(1, HANDSHAKE_TRIES + 1):
+                started = time.monotonic()
                 try:
                     self._conn = self._open()
                     return
                 except _RetryableHandshake as exc:
-                    if attempt == HANDSHAKE_TRIES:
+                    if time.monotonic() - started >= 0.9 * timeout:
+                        # a host that accepts TCP and then says nothing: no second wait
+                        raise ConnectError(self.host.name, f"{exc}: no SSH greeting within "
+                                           f"the connect timeout ({timeout:g} s)",
+                                           status="timeout") from None
+                    pause = delay * (1 + random.random())
+                    if attempt == HANDSHAKE_TRIES or time.monotonic() + pause >= deadline:
                         raise ConnectError(self.host.name, f"{exc} (after {attempt} attempts)",
                                            status="handshake failed") from None
-                    time.sleep(delay * (1 + random.random()))
+                    time.sleep(pause)
                     delay *= 2
 
     def _open(self) -> Connection:
