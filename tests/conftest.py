@@ -259,3 +259,123 @@ def run_cli(fresh_home: Path) -> _Callable[..., "_subprocess.CompletedProcess[st
 
 
 # === end of antnest end-to-end helpers =======================================================
+
+
+# === ops/api fixtures ===========================================================================
+# Used by test_ops (issue 3: inventories, --limit, ProxyJump, ssh-agent, check, many hosts) and
+# test_api (issue 5). Every process or thread started here is stopped here, by its own PID.
+
+import re as _re
+import signal as _signal
+import socket as _socket
+import threading as _threading
+
+from antnest.testing import pid_alive as _pid_alive
+
+BIG_FLEET_SIZE = 32
+BIG_FLEET_FIRST_OCTET = 100   # 127.0.0.100 .. 127.0.0.131, clear of the session fleet (11..13)
+BLACKHOLE_ADDRESS = "127.0.0.200"
+
+
+@pytest.fixture(scope="module")
+def big_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdFleet]:
+    """32 sshd daemons on 127.0.0.100..131 for one test module; stopped after it."""
+    if find_sshd() is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("sshd not installed on CI; .ci/run should have installed openssh-server")
+        pytest.skip("sshd not installed; apt-get install openssh-server")
+    with SshdFleet(tmp_path_factory.mktemp("bigfleet"), count=BIG_FLEET_SIZE,
+                   first_octet=BIG_FLEET_FIRST_OCTET) as started:
+        yield started
+
+
+@_dataclasses.dataclass
+class Agent:
+    """A running ssh-agent: its socket, its PID, and the environment that reaches it."""
+
+    sock: str
+    pid: int
+
+    def env(self, **extra: str) -> _Dict[str, str]:
+        return dict(os.environ, SSH_AUTH_SOCK=self.sock, SSH_AGENT_PID=str(self.pid), **extra)
+
+    def add(self, key: "os.PathLike[str] | str") -> None:
+        result = _subprocess.run(["ssh-add", os.fspath(key)], env=self.env(), capture_output=True,
+                                 text=True, stdin=_subprocess.DEVNULL, timeout=30)
+        assert result.returncode == 0, f"ssh-add failed: {result.stderr}"
+
+    def listed(self) -> str:
+        return _subprocess.run(["ssh-add", "-l"], env=self.env(), capture_output=True, text=True,
+                               stdin=_subprocess.DEVNULL, timeout=30).stdout
+
+
+@pytest.fixture
+def ssh_agent(tmp_path: Path) -> Iterator[Agent]:
+    """`ssh-agent -s` with its socket in this test's directory; killed by its PID afterwards."""
+    if _subprocess.run(["sh", "-c", "command -v ssh-agent && command -v ssh-add"],
+                       capture_output=True).returncode != 0:
+        pytest.skip("ssh-agent / ssh-add not installed")
+    sock = tmp_path / "agent.sock"
+    started = _subprocess.run(["ssh-agent", "-s", "-a", str(sock)], capture_output=True,
+                              text=True, stdin=_subprocess.DEVNULL, timeout=30)
+    assert started.returncode == 0, started.stderr
+    sock_match = _re.search(r"SSH_AUTH_SOCK=([^;\s]+)", started.stdout)
+    pid_match = _re.search(r"SSH_AGENT_PID=(\d+)", started.stdout)
+    assert sock_match and pid_match, f"unexpected ssh-agent output: {started.stdout!r}"
+    agent = Agent(sock_match.group(1), int(pid_match.group(1)))
+    try:
+        yield agent
+    finally:
+        try:
+            os.kill(agent.pid, _signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = _time.monotonic() + GRACE
+        while _pid_alive(agent.pid) and _time.monotonic() < deadline:
+            _time.sleep(0.02)
+        if _pid_alive(agent.pid):
+            os.kill(agent.pid, _signal.SIGKILL)
+
+
+@_dataclasses.dataclass
+class Blackhole:
+    """A TCP listener that accepts connections and never says a word."""
+
+    address: str
+    port: int
+    accepted: _List["_socket.socket"]
+
+
+@pytest.fixture
+def blackhole() -> Iterator[Blackhole]:
+    """Accepts TCP on 127.0.0.200 and stays silent, like a host whose sshd froze."""
+    listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    listener.bind((BLACKHOLE_ADDRESS, 0))
+    listener.listen(64)
+    listener.settimeout(0.1)
+    hole = Blackhole(BLACKHOLE_ADDRESS, listener.getsockname()[1], [])
+    stop = _threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except _socket.timeout:
+                continue
+            except OSError:
+                return
+            hole.accepted.append(conn)  # held open, never written to
+
+    thread = _threading.Thread(target=serve, name="blackhole", daemon=True)
+    thread.start()
+    try:
+        yield hole
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        for conn in hole.accepted:
+            conn.close()
+
+
+# === end of ops/api fixtures ====================================================================
