@@ -427,7 +427,9 @@ def child_main(argv: List[str]) -> None:
                       "where": c.submit(lambda: sys.executable).result()}
             try:  # diagnostics only, through internals: allowed to fail
                 transport = c._groups[0].ssh._conn.transport
-                result["ssh"] = f"{transport.local_cipher} + {transport.local_mac}"
+                cipher = transport.local_cipher
+                result["ssh"] = (f"{cipher} (AEAD: no separate MAC)" if "gcm" in cipher
+                                 else f"{cipher} + {transport.local_mac}")
             except Exception:
                 result["ssh"] = "?"
     else:
