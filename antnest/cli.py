@@ -30,6 +30,7 @@ EXIT_BAD_INPUT = 2
 EXIT_NO_HOSTS = 3
 EXIT_JOB_TIMEOUT = 4
 EXIT_LOCKED = 75
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, as a shell reports `antnest run ... | head`
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -261,6 +262,8 @@ def _exit_code_of(error: BaseException) -> int:
         return EXIT_INTERRUPTED
     if isinstance(error, Terminated):
         return EXIT_TERMINATED
+    if isinstance(error, BrokenPipeError):
+        return EXIT_PIPE_CLOSED
     return exit_code_for(error)
 
 
@@ -387,6 +390,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except errors.AntnestError as exc:
         _report(exc, args)
         return exit_code_for(exc)
+    except BrokenPipeError:  # whoever read our output stopped reading: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
     except KeyboardInterrupt:
         log.error("interrupted; runners stopped")
         return EXIT_INTERRUPTED

@@ -269,7 +269,7 @@ class Cluster(Executor):
 
             try:
                 value = plan.combine(successes(), failures)
-            except AntnestError:
+            except (AntnestError, BrokenPipeError):  # ours, or the output's reader left
                 raise
             except Exception as exc:
                 where = "split()" if exc is call.input_error else "combine()"

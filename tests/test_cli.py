@@ -6,6 +6,8 @@ contacted.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -188,3 +190,19 @@ def test_bad_job_is_reported_before_the_inventory_is_used(run_cli, tmp_path: Pat
     result = run_cli("run", "-i", hosts, job)
     assert result.returncode == 2
     assert_one_clear_error(result.stderr, str(job))
+
+
+def test_output_reader_leaving_early_stops_quietly(tmp_path: Path) -> None:
+    """`antnest run job | head -1`: no traceback, exit 141 like a command killed by SIGPIPE."""
+    job = tmp_path / "many.py"
+    job.write_text("input_data = list(range(200000))\ndef processor(x):\n    return x\n")
+    proc = subprocess.Popen([sys.executable, "-m", "antnest", "run", str(job)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away, as `head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert first == b"0\n"
+    assert "Traceback" not in err and "BrokenPipe" not in err
