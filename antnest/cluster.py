@@ -106,9 +106,13 @@ class Cluster(Executor):
         self._stop_keepalive = threading.Event()
         started = time.monotonic()
         bootstrap.prepare()
-        for group in self._groups:
-            group.start()
-        self._wait_for_first_worker()
+        try:
+            for group in self._groups:
+                group.start()
+            self._wait_for_first_worker()
+        except BaseException:  # Ctrl-C while connecting: stop what already started
+            self._close_groups()
+            raise
         log.info("first runner up after %.2f s; work starts while the other runners of %d "
                  "host(s) join", time.monotonic() - started, len(self._groups))
         threading.Thread(target=self._monitor, name="antnest-monitor", daemon=True).start()
@@ -124,7 +128,6 @@ class Cluster(Executor):
                 for name, error in list(self.host_errors.items()):
                     log.warning("host %s cannot be used: %s", name, getattr(error, "problem", error))
                 return
-        self._close_groups()
         raise self._no_hosts_error()
 
     def _no_hosts_error(self, call: Optional[Call] = None) -> NoHostsError:
