@@ -27,6 +27,7 @@ from antnest.errors import (
     JobFailed,
     NoHostsError,
     RunnerLost,
+    TaskError,
     UsageError,
 )
 from antnest.inventory import LOCAL, Host
@@ -41,7 +42,6 @@ from antnest.scheduler import (
     as_raisable,
     progress_of,
 )
-from antnest.errors import TaskError
 from antnest.transport.ssh import SshOptions
 from antnest.worker import HostGroup, HostState
 
@@ -95,8 +95,7 @@ class Cluster(Executor):
             compress=compress,
         )
         host_list = resolve_hosts(inventory, hosts, limit, procs, ssh_config)
-        self.scheduler = Scheduler(self.policy)
-        self.scheduler.no_hosts_error = self._no_hosts_error  # type: ignore[assignment]
+        self.scheduler = Scheduler(self.policy, no_hosts_error=self._no_hosts_error)
         self.host_errors: Dict[str, Exception] = {}
         self._submits: Dict[int, Any] = {}
         self._shutdown = False

@@ -472,8 +472,10 @@ def build_task_error(batch: Batch, index: int, host: str, desc: tuple) -> TaskEr
 class Scheduler:
     """Owns the work queue; workers call in with frames, calls call in for results."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy,
+                 no_hosts_error: Optional[Callable[[Optional[Call]], NoHostsError]] = None) -> None:
         self.policy = policy
+        self._no_hosts_error = no_hosts_error
         self.cond = threading.Condition()
         self.workers: List[Any] = []
         self.calls: List[Call] = []
@@ -530,6 +532,9 @@ class Scheduler:
                 call.fail(self.no_hosts_error(call))
 
     def no_hosts_error(self, call: Optional[Call] = None) -> NoHostsError:
+        """The error calls end with when no runner is left; the cluster names the hosts."""
+        if self._no_hosts_error is not None:
+            return self._no_hosts_error(call)
         return NoHostsError([], "every host is lost or failed to start" + progress_of(call))
 
     # -- dispatch ------------------------------------------------------------------------
