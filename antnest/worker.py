@@ -106,35 +106,30 @@ class HostGroup:
         if self.host.local:
             return LocalProcess(label, self.host.python if self.host.python != "python3" else None)
         assert self.ssh is not None
-        with self.lock:  # one slot connects; the others reuse it or share its error
+        with self.lock:  # one slot (re)connects; the others reuse it or share its error
             if self.error is not None and self.hello is None:
                 raise self.error
             if not self.ssh.is_alive():
+                reconnecting = self.hello is not None
+                if reconnecting:
+                    self.state.state = "connecting"
                 try:
                     self.ssh.connect()
                 except HostError as exc:
-                    if self.hello is None:
+                    if not reconnecting:
                         self.error = exc
                     raise
+                if reconnecting:
+                    self.state.state = "connected"
+                    log.info("host %s: reconnected", self.name)
         return self.ssh.open_runner(label)
-
-    def reconnect(self, stop: threading.Event) -> None:
-        """Bring the SSH connection back (one slot does it; the others find it up)."""
-        if self.ssh is None:
-            return
-        with self.lock:
-            if self.ssh.is_alive():
-                return
-            self.ssh.close()
-            self.state.state = "connecting"
-            self.ssh.connect()
-            self.state.state = "connected"
 
     def update_alive(self) -> None:
         with self.lock:
             alive = sum(1 for w in self.workers if w.accepting)
             self.state.procs = alive
-            if alive == 0 and self.state.state == "connected" and all(w.gave_up for w in self.workers):
+            if alive == 0 and self.hello is not None and all(w.gave_up for w in self.workers) \
+                    and self.state.state in ("connected", "connecting"):
                 self.state.state = "lost"
 
     def close(self) -> None:
@@ -218,8 +213,6 @@ class Worker:
         first = True
         while not self._stopping.is_set():
             try:
-                if not first and self.group.ssh is not None and not self.group.ssh.is_alive():
-                    self.group.reconnect(self._stopping)
                 self._boot()
             except HostError as exc:
                 if self._stopping.is_set():  # the cluster closed while this runner booted
