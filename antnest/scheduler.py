@@ -273,6 +273,7 @@ class Call:
             self.exhausted = True
             self._input = None
             self.scheduler.cond.notify_all()
+            self.scheduler.abandon(self)
             self._on_end()
 
     def _maybe_done(self) -> None:
@@ -782,6 +783,17 @@ class Scheduler:
                 batch.call.reject(single.first_seq, error)
                 continue
             self.requeued.append(single)
+
+    def abandon(self, call: Call) -> None:
+        """A call ended early (failed fast, timed out, its reader left): stop the runners still
+        busy with its batches, so the next call does not wait behind dead work. Their other
+        batches go back to the queue as for any lost runner; nothing is blamed."""
+        if self.closed is not None:
+            return  # everything is being stopped anyway
+        for worker in self.workers:
+            if any(batch.call is call for batch in worker.inflight.values()):
+                worker.culprit_known = True
+                worker.abort(f"its batches belong to a call that ended ({call.name})")
 
     def unsendable(self, worker: Any, batch: Batch, exc: Exception) -> None:
         """A batch whose data cannot be pickled: its taskunits fail, nothing else does."""

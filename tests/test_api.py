@@ -493,3 +493,30 @@ def test_one_shot_run_without_known_hosts_refuses_the_hosts(fleet_inventory: Pat
     with pytest.raises(errors.NoHostsError) as raised:
         antnest.run("jobs/reverse.py", inventory=fleet_inventory)
     assert "not known" in str(raised.value)
+
+
+def test_runners_busy_with_a_failed_map_are_freed_for_the_next_call(tmp_path: Path) -> None:
+    """A map that fails fast stops the runners still running its other taskunits: their slow
+    work never completes, and the next map runs on fresh runners."""
+    marker_dir = tmp_path / "done"
+    marker_dir.mkdir()
+
+    def slow_or_failing(item: int) -> int:
+        import pathlib
+        import time as _time
+
+        if item == 0:
+            _time.sleep(0.5)
+            raise ValueError("first one fails")
+        _time.sleep(30)
+        pathlib.Path(str(marker_dir), str(item)).write_text("finished")
+        return item
+
+    with antnest.Cluster(procs=3) as cluster:
+        cluster.wait_for_hosts(30)
+        with pytest.raises(ValueError, match="first one fails"):
+            list(cluster.map(slow_or_failing, range(3)))
+        assert sorted(cluster.map(abs, [-1, -2, -3])) == [1, 2, 3]
+        lost = cluster.hosts[0].lost
+    assert list(marker_dir.iterdir()) == []  # the 30 s taskunits were stopped, not waited for
+    assert lost == 0  # stopped on purpose: not counted as lost runners
