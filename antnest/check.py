@@ -18,7 +18,7 @@ from antnest.inventory import Host
 from antnest.runner import FrameReader, Kind, frame
 from antnest.transport import RunnerProcess
 from antnest.transport.local import LocalProcess
-from antnest.transport.ssh import SshConnection, SshOptions
+from antnest.transport import SshOptions
 from antnest.worker import await_hello
 
 SLACK = 5.0  # seconds beyond the connect timeout for booting the runner and the round trip
@@ -62,7 +62,11 @@ def check_hosts(hosts: Sequence[Host], options: SshOptions) -> List[HostCheck]:
 
 
 def _probe(host: Host, row: HostCheck, options: SshOptions) -> None:
-    connection = None if host.local else SshConnection(host, options)
+    connection = None
+    if not host.local:
+        from antnest.transport.ssh import SshConnection
+
+        connection = SshConnection(host, options)
     proc: Optional[RunnerProcess] = None
     try:
         if connection is None:

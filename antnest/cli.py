@@ -356,7 +356,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from antnest.check import check_hosts, format_table
-    from antnest.transport.ssh import SshOptions
+    from antnest.transport import SshOptions
 
     hosts = _selected_hosts(args)
     options = SshOptions(known_hosts=tuple(args.known_hosts),

@@ -42,7 +42,7 @@ from antnest.scheduler import (
     as_raisable,
     progress_of,
 )
-from antnest.transport.ssh import SshOptions
+from antnest.transport import SshOptions
 from antnest.worker import HostGroup, HostState
 
 if TYPE_CHECKING:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import getpass
 import logging
 import os
@@ -27,9 +28,6 @@ import shlex
 import string
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
-
-import paramiko
-import yaml
 
 from .errors import InventoryError
 from .patterns import select
@@ -281,8 +279,9 @@ def _read_inventory(path: str) -> List[_Entry]:
                   if line.strip() and line.strip()[0] not in "#;"), "")
     if _INI_SECTION.match(first):
         return _ansible_ini(text, path).entries(path)
+    yaml, loader = _yaml()
     try:
-        data = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         if any(_INI_SECTION.match(line.strip()) for line in text.splitlines()):
             return _ansible_ini(text, path).entries(path)
@@ -312,16 +311,21 @@ class _Vaulted:
     """An ansible-vault encrypted value: fine to ignore, impossible to use."""
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that reads Ansible's ``!vault`` and ``!unsafe`` tags instead of failing."""
+@functools.lru_cache(maxsize=None)
+def _yaml() -> Tuple[Any, Any]:
+    """PyYAML and a SafeLoader that reads Ansible's ``!vault`` and ``!unsafe`` tags instead of
+    failing. Imported on first use: runs without an inventory never pay for it."""
+    import yaml
 
+    class _YamlLoader(yaml.SafeLoader):
+        pass
 
-def _unsafe(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    return loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    def _unsafe(loader: Any, node: Any) -> Any:
+        return loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else None
 
-
-_YamlLoader.add_constructor("!vault", lambda loader, node: _Vaulted())
-_YamlLoader.add_constructor("!unsafe", _unsafe)
+    _YamlLoader.add_constructor("!vault", lambda loader, node: _Vaulted())
+    _YamlLoader.add_constructor("!unsafe", _unsafe)
+    return yaml, _YamlLoader
 
 
 def _check_keys(data: Mapping[Any, Any], allowed: Iterable[str], path: str, where: str) -> None:
@@ -744,13 +748,19 @@ def _ssh_config_path(ssh_config: Optional[PathArg]) -> Optional[str]:
     return default if os.path.isfile(default) else None
 
 
-class _ParamikoConfig(paramiko.SSHConfig):
-    """paramiko's parser, leaving ProxyCommand tokens to us: it would expand them with the
-    ssh_config values instead of the final ones, and it has no ``%%``."""
+@functools.lru_cache(maxsize=None)
+def _paramiko_config() -> Any:
+    """paramiko's ssh_config parser, leaving ProxyCommand tokens to us: it would expand them
+    with the ssh_config values instead of the final ones, and it has no ``%%``. Imported on
+    first use: runs without an ssh_config never load paramiko here."""
+    import paramiko
 
-    TOKENS_BY_CONFIG_KEY = {key: tokens for key, tokens
-                            in paramiko.SSHConfig.TOKENS_BY_CONFIG_KEY.items()
-                            if key != "proxycommand"}
+    class _ParamikoConfig(paramiko.SSHConfig):
+        TOKENS_BY_CONFIG_KEY = {key: tokens for key, tokens
+                                in paramiko.SSHConfig.TOKENS_BY_CONFIG_KEY.items()
+                                if key != "proxycommand"}
+
+    return _ParamikoConfig
 
 
 class _SshConfig:
@@ -758,12 +768,14 @@ class _SshConfig:
 
     def __init__(self, path: Optional[str]) -> None:
         self.path = path or ""
-        self._config: Optional[paramiko.SSHConfig] = None
+        self._config: Any = None
         self._cache: Dict[str, Dict[str, Any]] = {}
         if not path:
             return
+        import paramiko
+
         try:
-            self._config = _ParamikoConfig.from_path(path)
+            self._config = _paramiko_config().from_path(path)
         except OSError as exc:
             raise InventoryError(path, f"cannot read the ssh config: {exc.strerror or exc}"
                                  ) from exc
@@ -778,7 +790,9 @@ class _SshConfig:
             self._cache[name] = self._lookup(self._config, name)
         return self._cache[name]
 
-    def _lookup(self, config: paramiko.SSHConfig, name: str) -> Dict[str, Any]:
+    def _lookup(self, config: Any, name: str) -> Dict[str, Any]:
+        import paramiko
+
         try:
             options = config.lookup(name)
         except (paramiko.SSHException, ImportError) as exc:   # Match exec needs invoke

@@ -16,14 +16,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional
 
-import paramiko
-
 from antnest import runner
 from antnest.errors import BootstrapError, ConnectError, HostError, RunnerLost
 from antnest.inventory import Host
 from antnest.runner import FrameReader, Kind, decode_hello, encode, frame
 from antnest.transport.local import LocalProcess
-from antnest.transport.ssh import SshConnection, SshOptions, SshProcess
+from antnest.transport import link_errors
 
 log = logging.getLogger(__name__)
 remote_log = logging.getLogger("antnest.remote")
@@ -62,7 +60,11 @@ class HostGroup:
         self.name = host.name
         self.cluster = cluster
         self.scheduler = cluster.scheduler
-        self.ssh: Optional[SshConnection] = None if host.local else SshConnection(host, cluster.ssh_options)
+        self.ssh: Any = None
+        if not host.local:  # paramiko and fabric load only when a host needs them
+            from antnest.transport.ssh import SshConnection
+
+            self.ssh = SshConnection(host, cluster.ssh_options)
         self.state = HostState(host.name, "local" if host.local else f"{host.address}:{host.port}")
         self.workers: List[Worker] = []
         self.lock = threading.Lock()
@@ -286,7 +288,7 @@ class Worker:
         try:
             proc.send(encode(Kind.JOB, pickle.dumps((None, None, options),
                                                     protocol=self.pickle_protocol)))
-        except (OSError, EOFError, paramiko.SSHException):
+        except link_errors():
             if self._stopping.is_set():
                 raise BootstrapError(self.host_name, "the cluster is shutting down") from None
             # gone right after HELLO: _serve reads the EOF and it is an ordinary lost runner
@@ -318,7 +320,7 @@ class Worker:
                     return f"runner failed: {payload.decode(errors='replace').strip()}", False
         except socket.timeout:
             return f"no word from the host for {DEAD_AFTER:g} s", False
-        except (OSError, EOFError, paramiko.SSHException) as exc:
+        except link_errors() as exc:
             if self._stopping.is_set():
                 return "stopped", False
             return f"connection broken: {exc}", self._link_alive()
@@ -366,7 +368,7 @@ class Worker:
                                            protocol=self.pickle_protocol)
                     call.learn_sent(len(batch.items), len(payload))
                     self.proc.send(*parts, *frame(Kind.TASKS, payload))
-                except (OSError, EOFError, paramiko.SSHException, AttributeError) as exc:
+                except link_errors() + (AttributeError,) as exc:
                     log.debug("%s: send failed: %s", self.label, exc)
                     self.proc.kill()  # the reader sees EOF and gives the batches back
                     return gave_back
@@ -379,7 +381,7 @@ class Worker:
             return
         try:
             self.proc.send(encode(Kind.PING, b""))
-        except (OSError, EOFError, paramiko.SSHException, AttributeError):
+        except link_errors() + (AttributeError,):
             pass
         finally:
             self.send_lock.release()
@@ -391,7 +393,7 @@ def _python_version() -> str:
 
 def await_hello(host: Host, proc: Any, reader: FrameReader) -> dict:
     """Wait for a fresh runner's HELLO and check it; a HostError says what went wrong."""
-    if isinstance(proc, SshProcess):
+    if hasattr(proc, "set_timeout"):  # SSH: a silent host must not hang the boot
         proc.set_timeout(BOOT_TIMEOUT)
     try:
         frame = reader.next()
@@ -399,7 +401,7 @@ def await_hello(host: Host, proc: Any, reader: FrameReader) -> dict:
         proc.kill()
         raise BootstrapError(host.name, f"the runner did not say hello within {BOOT_TIMEOUT:g} s",
                              status="timeout") from None
-    except (OSError, EOFError, paramiko.SSHException):
+    except link_errors():
         frame = None
     if frame is None or frame[0] != Kind.HELLO:
         raise _boot_error(host, proc)
@@ -425,7 +427,7 @@ def await_hello(host: Host, proc: Any, reader: FrameReader) -> dict:
                              f"version; set `python:` to a python{sys.version_info[0]}."
                              f"{sys.version_info[1]} on the host, or run the master with "
                              f"Python {version[0]}.{version[1]}", status="python mismatch")
-    if isinstance(proc, SshProcess):
+    if hasattr(proc, "set_timeout"):
         proc.set_timeout(DEAD_AFTER)
     return hello
 

@@ -5,7 +5,10 @@ process said on its real stderr when it died.
 """
 from __future__ import annotations
 
-from typing import Protocol
+import os
+import sys
+from dataclasses import dataclass
+from typing import List, Protocol, Tuple, Type
 
 
 class RunnerProcess(Protocol):
@@ -26,3 +29,30 @@ class RunnerProcess(Protocol):
 
     def diagnose(self) -> str:
         """After EOF: exit status and the tail of stderr, for error messages."""
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """How to connect; the same for every host of a run."""
+
+    known_hosts: Tuple[str, ...] = ()      # extra files; ~/.ssh/known_hosts is always read
+    accept_new_host_keys: bool = False
+    connect_timeout: float = 10.0
+    keepalive: float = 5.0                 # ServerAliveInterval when the host sets none
+    compress: bool = False
+
+    def known_hosts_files(self) -> List[str]:
+        files = [os.path.expanduser("~/.ssh/known_hosts")]
+        files += [os.path.expanduser(path) for path in self.known_hosts]
+        return list(dict.fromkeys(files))
+
+    def writable_known_hosts(self) -> str:
+        """Where accept-new records keys: the file named on the command line, else the user's."""
+        return os.path.expanduser(self.known_hosts[-1] if self.known_hosts else "~/.ssh/known_hosts")
+
+
+def link_errors() -> Tuple[Type[BaseException], ...]:
+    """What a broken runner link raises: OS errors, EOF, and paramiko's errors once paramiko is
+    in use (it is imported only for SSH hosts, so local runs start without it)."""
+    paramiko = sys.modules.get("paramiko")
+    return (OSError, EOFError) + ((paramiko.SSHException,) if paramiko is not None else ())

@@ -23,6 +23,7 @@ from fabric import Config, Connection
 from antnest import bootstrap
 from antnest.errors import AuthError, ConnectError, HostError, HostKeyError
 from antnest.inventory import Host
+from antnest.transport import SshOptions
 from antnest.transport.local import _describe_exit
 
 log = logging.getLogger(__name__)
@@ -31,26 +32,6 @@ WINDOW_SIZE = 64 * 1024 * 1024  # bytes the host may send before we acknowledge
 MAX_PACKET = 32 * 1024          # OpenSSH's session packet limit
 HANDSHAKE_SLOTS = 16            # concurrent handshakes, below sshd's MaxStartups (10:30:100)
 HANDSHAKE_TRIES = 4
-
-
-@dataclass(frozen=True)
-class SshOptions:
-    """How to connect; the same for every host of a run."""
-
-    known_hosts: Tuple[str, ...] = ()      # extra files; ~/.ssh/known_hosts is always read
-    accept_new_host_keys: bool = False
-    connect_timeout: float = 10.0
-    keepalive: float = 5.0                 # ServerAliveInterval when the host sets none
-    compress: bool = False
-
-    def known_hosts_files(self) -> List[str]:
-        files = [os.path.expanduser("~/.ssh/known_hosts")]
-        files += [os.path.expanduser(path) for path in self.known_hosts]
-        return list(dict.fromkeys(files))
-
-    def writable_known_hosts(self) -> str:
-        """Where accept-new records keys: the file named on the command line, else the user's."""
-        return os.path.expanduser(self.known_hosts[-1] if self.known_hosts else "~/.ssh/known_hosts")
 
 
 def fingerprint(key: paramiko.PKey) -> str:
