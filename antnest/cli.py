@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="antnest",
         description="Fan Python work out over plain SSH: hosts need only sshd and python3.",
         epilog="exit codes: 0 ok, 1 a taskunit failed, 2 bad input, 3 no usable host, "
-               "4 job timeout, 75 locked, 130/143 interrupted",
+               "4 job timeout, 75 locked, 130/143 interrupted, 141 output reader gone",
     )
     parser.add_argument("--version", action="version", version=f"antnest {antnest.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
