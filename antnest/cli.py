@@ -272,8 +272,7 @@ def _run(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> int:
     if args.resume and not args.journal:
         raise errors.UsageError("--resume needs --journal FILE")
     job = antnest.load(args.job)
-    if args.inventory and args.hosts:
-        raise errors.UsageError("give either -i/--inventory or -H/--hosts, not both")
+    _one_host_source(args)
     log.info("start: job %s, input %s, hosts %s, pid %d", args.job,
              args.input or "input_data", args.inventory or args.hosts or "local", os.getpid())
     journal = None
@@ -323,12 +322,17 @@ def _run(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> int:
     return EXIT_OK
 
 
+def _one_host_source(args: argparse.Namespace) -> bool:
+    """-i and -H exclude each other; True when one of them is given."""
+    if args.inventory and args.hosts:
+        raise errors.UsageError("give either -i/--inventory or -H/--hosts, not both")
+    return bool(args.inventory or args.hosts)
+
+
 def _selected_hosts(args: argparse.Namespace) -> list:
     from antnest.cluster import resolve_hosts
 
-    if args.inventory and args.hosts:
-        raise errors.UsageError("give either -i/--inventory or -H/--hosts, not both")
-    if not args.inventory and not args.hosts:
+    if not _one_host_source(args):
         raise errors.UsageError(f"antnest {args.command} needs -i INVENTORY or -H HOSTS")
     return resolve_hosts(args.inventory, args.hosts, args.limit, None, args.ssh_config)
 

@@ -61,7 +61,7 @@ class Batch:
     """A contiguous run of a call's taskunits. Requeued parts share the root's `filled` map."""
 
     __slots__ = ("id", "call", "first_seq", "items", "filled", "base", "attempts", "lost",
-                 "avoid", "suspect", "sent_at", "started", "twins")
+                 "avoid", "started", "twins")
 
     def __init__(self, call: "Call", first_seq: int, items: list, filled: Optional[bytearray] = None,
                  base: int = 0, attempts: int = 0, lost: int = 0, avoid: frozenset = frozenset()):
@@ -74,8 +74,6 @@ class Batch:
         self.attempts = attempts    # times its taskunit(s) raised already (single-item retries)
         self.lost = lost            # runners lost while running it
         self.avoid = avoid          # hosts to avoid (retry elsewhere when possible)
-        self.suspect = False
-        self.sent_at = 0.0
         self.started = 0.0          # when it reached the head of its worker's window
         self.twins: Optional[List["Batch"]] = None  # speculative copies, the original first
 
@@ -557,9 +555,8 @@ class Scheduler:
                     batch = self._next_batch(worker)
                     if batch is None:
                         break
-                    batch.sent_at = time.monotonic()
                     if not worker.inflight:
-                        batch.started = batch.sent_at
+                        batch.started = time.monotonic()
                     worker.inflight[batch.id] = batch
                     worker.outbox.append(batch)
                     added = True
@@ -676,7 +673,7 @@ class Scheduler:
                     continue
                 copy = batch.part(todo[0])
                 batch.twins = copy.twins = [batch, copy]
-                copy.sent_at = copy.started = now
+                copy.started = now
                 target.inflight[copy.id] = copy
                 target.outbox.append(copy)
                 touched.append(target)

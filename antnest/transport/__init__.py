@@ -6,9 +6,10 @@ process said on its real stderr when it died.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import dataclass
-from typing import List, Protocol, Tuple, Type
+from typing import List, Optional, Protocol, Tuple, Type
 
 
 class RunnerProcess(Protocol):
@@ -56,3 +57,19 @@ def link_errors() -> Tuple[Type[BaseException], ...]:
     in use (it is imported only for SSH hosts, so local runs start without it)."""
     paramiko = sys.modules.get("paramiko")
     return (OSError, EOFError) + ((paramiko.SSHException,) if paramiko is not None else ())
+
+
+def describe_exit(code: Optional[int], stderr: str, status: Optional[str] = None) -> str:
+    """A dead runner's exit, for error messages: status, then the tail of its stderr."""
+    if status is None:
+        if code is None:
+            status = "still running"
+        elif code >= 0:
+            status = f"exit status {code}"
+        else:
+            try:
+                status = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                status = f"killed by signal {-code}"
+    tail = stderr.strip()
+    return f"{status}; stderr: {tail[-2000:]}" if tail else status

@@ -11,6 +11,7 @@ from typing import Optional
 
 from antnest import bootstrap
 from antnest.errors import BootstrapError
+from antnest.transport import describe_exit
 
 
 class LocalProcess:
@@ -81,20 +82,4 @@ class LocalProcess:
             code = self._proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             code = None
-        return _describe_exit(code, "".join(self._stderr_tail))
-
-
-def _describe_exit(code: Optional[int], stderr: str, status: Optional[str] = None) -> str:
-    if status is not None:
-        pass
-    elif code is None:
-        status = "still running"
-    elif code < 0:
-        try:
-            status = f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            status = f"killed by signal {-code}"
-    else:
-        status = f"exit status {code}"
-    tail = stderr.strip()
-    return f"{status}; stderr: {tail[-2000:]}" if tail else status
+        return describe_exit(code, "".join(self._stderr_tail))

@@ -23,8 +23,7 @@ from fabric import Config, Connection
 from antnest import bootstrap
 from antnest.errors import AuthError, ConnectError, HostError, HostKeyError
 from antnest.inventory import Host
-from antnest.transport import SshOptions
-from antnest.transport.local import _describe_exit
+from antnest.transport import SshOptions, describe_exit
 
 log = logging.getLogger(__name__)
 
@@ -393,8 +392,8 @@ class SshProcess:
             chunks.append(self._channel.recv_stderr(65536))
         stderr = b"".join(chunks).decode("utf-8", "replace")
         if code == -1:  # paramiko's word for "ended by a signal" (it drops which one)
-            return _describe_exit(None, stderr, "killed by a signal")
-        return _describe_exit(code, stderr, None if ready else "no exit status yet")
+            return describe_exit(None, stderr, "killed by a signal")
+        return describe_exit(code, stderr, None if ready else "no exit status yet")
 
 
 def _jump_host(hop: Host, target: Host) -> Host:
