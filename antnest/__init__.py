@@ -12,7 +12,7 @@ from typing import Union as _Union
 from antnest import errors
 from antnest.cluster import Cluster
 from antnest.errors import AntnestError
-from antnest.inventory import Host
+from antnest.host import Host
 from antnest.job import Job, load
 from antnest.taskunit import TaskUnit
 

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 import cloudpickle
 
 from antnest.errors import HostError
-from antnest.inventory import Host
+from antnest.host import Host
 from antnest.runner import FrameReader, Kind, frame
 from antnest.transport import RunnerProcess
 from antnest.transport.local import LocalProcess

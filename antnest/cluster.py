@@ -30,7 +30,7 @@ from antnest.errors import (
     TaskError,
     UsageError,
 )
-from antnest.inventory import LOCAL, Host
+from antnest.host import LOCAL, Host
 from antnest.scheduler import (
     Call,
     Failure,

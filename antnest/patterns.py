@@ -14,12 +14,10 @@ from __future__ import annotations
 import logging
 import re
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, List, Sequence, Set
+from typing import List, Sequence, Set
 
 from .errors import InventoryError
-
-if TYPE_CHECKING:   # inventory imports this module
-    from .inventory import Host
+from .host import Host
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, Deque, Dict, List, Optional
 
 from antnest import runner
 from antnest.errors import BootstrapError, ConnectError, HostError, RunnerLost
-from antnest.inventory import Host
+from antnest.host import Host
 from antnest.runner import FrameReader, Kind, decode_hello, encode, frame
 from antnest.transport.local import LocalProcess
 from antnest.transport import link_errors

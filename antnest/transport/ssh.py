@@ -22,7 +22,7 @@ from fabric import Config, Connection
 
 from antnest import bootstrap
 from antnest.errors import AuthError, ConnectError, HostError, HostKeyError
-from antnest.inventory import Host
+from antnest.host import Host
 from antnest.transport import SshOptions, describe_exit
 
 log = logging.getLogger(__name__)
