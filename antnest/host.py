@@ -5,7 +5,7 @@ name it without importing each other.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 __all__ = ["LOCAL", "Host"]
@@ -28,7 +28,15 @@ class Host:
     server_alive_interval: Optional[float] = None
     groups: Tuple[str, ...] = ()
     source: str = ""                         # file the host came from, for messages
-    local: bool = field(default=False)       # the embedded default: subprocesses, no SSH
+    transport: str = "ssh"                   # a name in antnest.transport's registry: ssh, local
+    ssh_client: Optional[str] = None         # for transport "ssh": paramiko, openssh, auto; None = run's
+    env: Tuple[Tuple[str, str], ...] = ()    # environment for the runner, in order (NAME, VALUE)
+    workdir: Optional[str] = None            # the runner chdirs here before user code runs
+
+    @property
+    def local(self) -> bool:
+        """Runs as subprocesses of the master, no SSH (the embedded default, ansible_connection=local)."""
+        return self.transport == "local"
 
     @property
     def label(self) -> str:
@@ -36,4 +44,4 @@ class Host:
         return self.name
 
 
-LOCAL = Host(name="local", address="localhost", local=True, source="(local default)")
+LOCAL = Host(name="local", address="localhost", transport="local", source="(local default)")
