@@ -23,9 +23,15 @@ from fabric import Config, Connection
 from antnest import bootstrap
 from antnest.errors import AuthError, ConnectError, HostError, HostKeyError
 from antnest.host import Host
+from antnest.limits import FD_ERRNOS, fd_limit_advice
 from antnest.transport import SshOptions, describe_exit
 
 log = logging.getLogger(__name__)
+
+# paramiko reports every failed handshake with a traceback on its "paramiko.transport" logger;
+# antnest already turns each failure into one typed error, so an API user who configured no
+# logging must not get paramiko's tracebacks on stderr through Python's last-resort handler.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 WINDOW_SIZE = 64 * 1024 * 1024  # bytes the host may send before we acknowledge
 MAX_PACKET = 32 * 1024          # OpenSSH's session packet limit
@@ -129,11 +135,10 @@ class SshConnection:
 
     def _connection(self, host: Host, gateway) -> Connection:
         keys = [os.path.expanduser(path) for path in host.identity_files]
-        conn = Connection(
+        conn = new_connection(
             host.address,
             user=host.user or _local_user(),
             port=host.port,
-            config=_fabric_config(),
             gateway=gateway,
             connect_timeout=host.connect_timeout or self.options.connect_timeout,
             connect_kwargs={
@@ -206,6 +211,10 @@ class SshConnection:
             raise _RetryableHandshake(f"SSH handshake with {host.address}:{host.port} "
                                       f"failed: {exc}") from None
         except OSError as exc:
+            if exc.errno in FD_ERRNOS:   # a local limit, not the host: say what to raise
+                raise ConnectError(host.name, f"cannot connect to {host.address} port "
+                                   f"{host.port}: out of file descriptors here; "
+                                   f"{fd_limit_advice()}", status="unreachable") from None
             raise ConnectError(host.name, f"cannot connect to {host.address} port {host.port}: "
                                f"{exc.strerror or exc}", status="unreachable") from None
         interval = host.server_alive_interval or self.options.keepalive
@@ -324,6 +333,21 @@ def _known_hosts(host: Host, options: SshOptions) -> paramiko.HostKeys:
             _known_hosts_cache.clear()
             _known_hosts_cache[stamp] = keys
         return keys
+
+
+_construct_lock = threading.Lock()
+
+
+def new_connection(address: str, **kwargs: Any) -> Connection:
+    """A fabric Connection on the shared Config, built under a lock.
+
+    Constructing a Connection stores ``inline_ssh_env`` into its Config, and invoke rebuilds a
+    Config's data from empty on every store: another thread constructing a Connection on the
+    same Config at that moment reads no keys at all (``No attribute or config key found for
+    'connect_kwargs'``). Construction does no I/O, so serialising it costs nothing measurable.
+    """
+    with _construct_lock:
+        return Connection(address, config=_fabric_config(), **kwargs)
 
 
 def _fabric_config() -> Config:
