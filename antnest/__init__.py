@@ -3,6 +3,7 @@
 Import direction (acyclic): runner <- bootstrap <- transport <- scheduler <- worker <- cluster
 <- cli, with errors, inventory, taskunit and job beside them. Only the names below are public.
 """
+import logging as _logging
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
 from typing import IO as _IO
 from typing import Any as _Any
@@ -17,6 +18,10 @@ from antnest.job import Job, load
 from antnest.taskunit import TaskUnit
 
 __version__ = "0.1.0"
+
+# A library stays quiet until its user configures logging: without this, Python's last-resort
+# handler would print antnest's warnings (one per host problem) to an API user's stderr.
+_logging.getLogger("antnest").addHandler(_logging.NullHandler())
 
 __all__ = [
     "ALL_COMPLETED",

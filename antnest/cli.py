@@ -208,8 +208,12 @@ def _setup_logging(args: argparse.Namespace) -> None:
     root.propagate = False
     remote = logging.getLogger("antnest.remote")  # the processors' own output
     remote.setLevel(logging.NOTSET)
+    paramiko_log = logging.getLogger("paramiko")
     if args.verbose < 2:
-        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+        paramiko_log.setLevel(logging.CRITICAL)
+    else:   # -vv: paramiko's own story too, through the same handlers
+        paramiko_log.handlers[:] = handlers
+        paramiko_log.propagate = False
 
 
 def _cluster_options(args: argparse.Namespace) -> dict:

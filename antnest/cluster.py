@@ -31,6 +31,7 @@ from antnest.errors import (
     UsageError,
 )
 from antnest.host import LOCAL, Host
+from antnest.limits import raise_open_files_limit
 from antnest.scheduler import (
     Call,
     Failure,
@@ -95,6 +96,8 @@ class Cluster(Executor):
             compress=compress,
         )
         host_list = resolve_hosts(inventory, hosts, limit, procs, ssh_config)
+        if any(not h.local for h in host_list):   # a socket or more per host: lift the soft cap
+            raise_open_files_limit()
         self.scheduler = Scheduler(self.policy, no_hosts_error=self._no_hosts_error)
         self.host_errors: Dict[str, Exception] = {}
         self._submits: Dict[int, Any] = {}

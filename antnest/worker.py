@@ -215,7 +215,7 @@ class Worker:
         first = True
         while not self._stopping.is_set():
             try:
-                self._boot()
+                self._boot_or_host_error()
             except HostError as exc:
                 if self._stopping.is_set():  # the cluster closed while this runner booted
                     self.scheduler.boot_failed()
@@ -265,6 +265,18 @@ class Worker:
             log.warning("%s: cannot start a runner (attempt %d of %d): %s", self.label, failures,
                         MAX_RESTARTS, exc)
         self.scheduler.boot_failed()
+
+    def _boot_or_host_error(self) -> None:
+        """Any unexpected error while starting (a local limit, a library bug) fails this host
+        with that error like any other start failure, so it never stays "connecting"."""
+        try:
+            self._boot()
+        except HostError:
+            raise
+        except Exception as exc:
+            log.debug("%s: unexpected error while starting a runner", self.label, exc_info=True)
+            raise BootstrapError(self.host_name, f"unexpected error while starting a runner: "
+                                 f"{type(exc).__name__}: {exc}") from exc
 
     def _boot(self) -> None:
         """Start a runner and wait for its HELLO; raise a HostError saying what went wrong."""

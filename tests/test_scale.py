@@ -1,0 +1,155 @@
+"""Failures that scale alone causes: shared fabric config, descriptors, library log noise."""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from antnest.errors import ConnectError
+from antnest.host import Host
+from antnest.limits import fd_limit_advice, raise_open_files_limit
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_connections_built_from_many_threads_at_once_all_see_their_config() -> None:
+    """200 hosts start in parallel; each Connection() stores into the shared fabric Config,
+    which invoke rebuilds from empty on every store. Before the lock, threads saw no keys."""
+    from antnest.transport.ssh import new_connection
+
+    problems: List[str] = []
+
+    def build() -> None:
+        for _ in range(150):
+            try:
+                new_connection("127.0.0.1", user="nobody", port=22,
+                               connect_kwargs={"key_filename": []})
+            except Exception as exc:   # any failure here is the race this test is about
+                problems.append(repr(exc))
+
+    threads = [threading.Thread(target=build) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert problems == []
+
+
+def test_open_files_limit_is_raised_to_the_hard_limit_in_a_fresh_process() -> None:
+    code = (
+        "import resource\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))\n"
+        "from antnest.limits import raise_open_files_limit\n"
+        "now = raise_open_files_limit()\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], now[0], hard)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=60, check=True).stdout.split()
+    soft_after, reported, hard = (int(x) for x in out)
+    assert soft_after == reported
+    assert soft_after > 64
+    assert soft_after == (hard if hard != -1 and hard < (1 << 20) else soft_after)
+
+
+def test_raising_never_lowers_the_limit() -> None:
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    raise_open_files_limit(wanted=8)
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= before[0]
+
+
+def test_running_out_of_descriptors_is_a_host_error_saying_what_to_raise(mocker) -> None:
+    """A local limit, not the host's fault: the message names the limit and the fix."""
+    from antnest.transport import SshOptions
+    from antnest.transport import ssh
+
+    mocker.patch.object(ssh, "_tcp", side_effect=OSError(errno.EMFILE, "Too many open files"))
+    host = Host(name="web7", address="127.0.0.1", port=22)
+    with pytest.raises(ConnectError) as caught:
+        ssh.SshConnection(host, SshOptions(connect_timeout=2.0)).connect()
+    message = str(caught.value)
+    assert "web7" in message and "file descriptors" in message
+    assert "ulimit -Hn" in message
+    assert "ulimit -Hn" in fd_limit_advice()
+
+
+@pytest.fixture
+def garbage_banner_server() -> "tuple[str, int]":
+    """A TCP server answering every connection with a line that is no SSH banner."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.5)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                try:
+                    conn.sendall(b"this is not ssh\r\n" * 4)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()
+    stop.set()
+    thread.join(timeout=5)
+    server.close()
+
+
+def test_api_user_without_logging_gets_no_tracebacks_on_stderr(garbage_banner_server,
+                                                               tmp_path: Path) -> None:
+    address, port = garbage_banner_server
+    code = (
+        "import antnest, sys\n"
+        "try:\n"
+        f"    antnest.Cluster(hosts='{address}:{port}', connect_timeout=2, "
+        "accept_new_host_keys=True)\n"
+        "except antnest.errors.NoHostsError as exc:\n"
+        "    print('no hosts:', exc)\n"
+    )
+    env = dict(os.environ, HOME=str(tmp_path))
+    env.pop("SSH_AUTH_SOCK", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=90)
+    assert "no hosts:" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ""
+
+
+def test_an_unexpected_error_while_starting_fails_that_host_instead_of_leaving_it_connecting(
+        fleet, fleet_inventory: Path, mocker) -> None:
+    """Seen at 128 hosts: `KeyError: 'getpwuid(): uid not found'` inside a start left the host
+    "connecting" forever and wait_for_hosts() returned anyway."""
+    import antnest
+    from antnest.worker import HostGroup
+
+    original = HostGroup.start_runner
+
+    def flaky(group: HostGroup, label: str):
+        if group.name == "fleet2":
+            raise KeyError("getpwuid(): uid not found: 4242")
+        return original(group, label)
+
+    mocker.patch.object(HostGroup, "start_runner", flaky)
+    with antnest.Cluster(fleet_inventory, known_hosts=[fleet.known_hosts], procs=1) as cluster:
+        states = {s.name: s for s in cluster.wait_for_hosts(timeout=60)}
+        assert states["fleet2"].state == "failed"
+        assert "getpwuid" in (states["fleet2"].error or "")
+        assert {states["fleet1"].state, states["fleet3"].state} == {"connected"}
+        assert sorted(cluster.map(abs, [-1, -2, -3], timeout=60)) == [1, 2, 3]
