@@ -153,3 +153,26 @@ def test_an_unexpected_error_while_starting_fails_that_host_instead_of_leaving_i
         assert "getpwuid" in (states["fleet2"].error or "")
         assert {states["fleet1"].state, states["fleet3"].state} == {"connected"}
         assert sorted(cluster.map(abs, [-1, -2, -3], timeout=60)) == [1, 2, 3]
+
+
+def test_handshake_window_grows_on_success_halves_on_drops_and_keeps_its_cap() -> None:
+    from antnest.transport.handshakes import START, HandshakeWindow
+
+    window = HandshakeWindow(cap=20)
+    assert window.size == START < 10          # below sshd's MaxStartups start
+    for _ in range(30):
+        window.acquire(timeout=1)
+        window.release("ok")
+    assert window.size == 20                  # grew, up to the cap
+    window.acquire(timeout=1)
+    window.release("dropped")
+    assert window.size == 10
+    window.set_cap(3)                         # --forks 3
+    assert window.size == 3
+    for _ in range(3):
+        window.acquire(timeout=1)
+    with pytest.raises(TimeoutError):         # a full window: the wait is bounded
+        window.acquire(timeout=0.05)
+    window.release("neutral")
+    assert window.acquire(timeout=1) >= 0.0   # and frees when a holder finishes
+

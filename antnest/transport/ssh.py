@@ -25,6 +25,7 @@ from antnest.errors import AuthError, ConnectError, HostError, HostKeyError
 from antnest.host import Host
 from antnest.limits import FD_ERRNOS, fd_limit_advice
 from antnest.transport import SshOptions, describe_exit
+from antnest.transport.handshakes import handshakes
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 WINDOW_SIZE = 64 * 1024 * 1024  # bytes the host may send before we acknowledge
 MAX_PACKET = 32 * 1024          # OpenSSH's session packet limit
-HANDSHAKE_SLOTS = 16            # concurrent handshakes, below sshd's MaxStartups (10:30:100)
 HANDSHAKE_TRIES = 4
 
 
@@ -50,7 +50,6 @@ def known_hosts_name(address: str, port: int) -> str:
 
 
 _record_lock = threading.Lock()
-_handshakes = threading.BoundedSemaphore(HANDSHAKE_SLOTS)
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
@@ -106,6 +105,8 @@ class SshConnection:
                     self._conn = self._open()
                     return
                 except _RetryableHandshake as exc:
+                    started += exc.waited          # time queued for a slot is not the host's
+                    deadline += exc.waited
                     if time.monotonic() - started >= 0.9 * timeout:
                         # a host that accepts TCP and then says nothing: no second wait
                         raise ConnectError(self.host.name, f"{exc}: no SSH greeting within "
@@ -162,11 +163,21 @@ class SshConnection:
         if conn.is_connected:
             return
         user = conn.user
+        slot = handshakes.slot()
         try:
-            with _handshakes:
+            with slot:
                 if conn.gateway is None:
                     conn.connect_kwargs["sock"] = _tcp(host, conn.connect_timeout)
-                conn.open()
+                try:
+                    conn.open()
+                except (EOFError, ConnectionResetError):
+                    slot.outcome = "dropped"   # MaxStartups or load: fewer at once
+                    raise
+                except paramiko.SSHException as exc:
+                    if "banner" in str(exc):   # closed before its greeting: dropped too
+                        slot.outcome = "dropped"
+                    raise
+                slot.outcome = "ok"
         except HostError:
             raise
         except paramiko.BadHostKeyException as exc:
@@ -205,11 +216,11 @@ class SshConnection:
                 raise AuthError(host.name, f"authentication failed for user {user!r}: "
                                 f"{_offered_keys(host)}") from None
             raise _RetryableHandshake(f"SSH handshake with {host.address}:{host.port} "
-                                      f"failed: {exc}") from None
+                                      f"failed: {exc}", slot.waited) from None
         except (EOFError, ConnectionResetError) as exc:
             # sshd drops handshakes beyond MaxStartups: that is worth another try.
             raise _RetryableHandshake(f"SSH handshake with {host.address}:{host.port} "
-                                      f"failed: {exc}") from None
+                                      f"failed: {exc}", slot.waited) from None
         except OSError as exc:
             if exc.errno in FD_ERRNOS:   # a local limit, not the host: say what to raise
                 raise ConnectError(host.name, f"cannot connect to {host.address} port "
@@ -308,7 +319,9 @@ _gateways = _Gateways()
 
 
 class _RetryableHandshake(Exception):
-    pass
+    def __init__(self, message: str, waited: float = 0.0) -> None:
+        super().__init__(message)
+        self.waited = waited   # seconds this attempt queued for a handshake slot
 
 
 _shared_lock = threading.Lock()
