@@ -269,7 +269,8 @@ class Cluster(Executor):
                 for value in values:
                     if type(value) is Failure:
                         failures.append(value.error)
-                        continue
+                        if not plan.failures_inline:
+                            continue
                     yield value
 
             try:

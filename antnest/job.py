@@ -52,6 +52,9 @@ class Plan:
     processor: Callable[[Any], Any]            # what a runner calls per taskunit
     combine: Callable[[Iterator[Any], List[Any]], Any]  # (results, failures) -> value
     closer: Callable[[], None] = lambda: None  # closes an input file
+    # True: `results` holds a placeholder with an `.error` (a TaskError) for each failed
+    # taskunit, in its place, so a combine that indexes taskunits keeps them aligned.
+    failures_inline: bool = False
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -266,13 +269,17 @@ def _original_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:
             yield unit.data
 
     def run_combine(results: Iterator[Any], failures: List[Any]) -> Any:
-        for unit, result in zip(owner.taskunits, results):
-            unit.result = result
-            unit.setstate("COMPLETED")
-        for failure in failures:
-            unit = owner.taskunits[failure.taskunit_id]
-            unit.error = failure
-            unit.setstate("BAILED")
+        # Position by position: a failed taskunit keeps its place (and its error), so every
+        # other taskunit keeps its own result.
+        for index, result in enumerate(results):
+            unit = owner.taskunits[index]
+            error = getattr(result, "error", None) if _is_failure(result) else None
+            if error is not None:
+                unit.error = error
+                unit.setstate("BAILED")
+            else:
+                unit.result = result
+                unit.setstate("COMPLETED")
         if job.combine is None:
             with _printing_to(output):
                 for unit in owner.taskunits:
@@ -281,7 +288,15 @@ def _original_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:
         with _printing_to(output):
             return job.combine(owner)
 
-    return Plan(items=taskunit_data(), processor=_with_self(job.processor), combine=run_combine)
+    return Plan(items=taskunit_data(), processor=_with_self(job.processor), combine=run_combine,
+                failures_inline=True)
+
+
+def _is_failure(value: Any) -> bool:
+    """The scheduler's placeholder for a failed taskunit (imported late: job.py stays light)."""
+    from antnest.scheduler import Failure
+
+    return type(value) is Failure
 
 
 @contextlib.contextmanager
