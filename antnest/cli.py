@@ -18,6 +18,7 @@ import antnest
 from antnest import errors
 from antnest.journal import Journal, input_id
 from antnest.lock import RunLock
+from antnest.outfile import OutputFile
 from antnest.progress import Progress
 from antnest.report import build_report, failures_of, write_report
 
@@ -283,13 +284,10 @@ def _run(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> int:
     if args.journal:  # after load (results unpickle against the job), before any host
         journal = Journal.open(args.journal, job.digest, input_id(args.input), args.resume)
     mode = args.progress if args.progress is not None else (False if args.quiet else None)
-    output = None
+    output: Optional[OutputFile] = None
     try:
         if args.output:
-            try:
-                output = open(args.output, "w", encoding="utf-8")
-            except OSError as exc:
-                raise errors.UsageError(f"output {args.output}: {exc.strerror or exc}") from None
+            output = OutputFile(args.output)
         with antnest.Cluster(
             args.inventory,
             procs=args.procs,
@@ -303,26 +301,30 @@ def _run(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> int:
         ) as cluster:
             if state is not None:
                 state["cluster"] = cluster
-            value = cluster.run(job, input=args.input, output=output, timeout=args.timeout,
+            value = cluster.run(job, input=args.input, output=output.handle if output is not None else None,
+                                timeout=args.timeout,
                                 journal=journal,
                                 progress=lambda total: Progress(total, mode=mode,
                                                                 on_line=progress_log.info))
         if value is not None:
-            print(value, file=output or sys.stdout)
+            print(value, file=output.handle if output is not None else sys.stdout)
         if output is not None:
-            output.flush()
+            output.commit()
         sys.stdout.flush()
         if journal is not None:
             journal.remove()   # finished: the next run with --resume starts afresh
         log.info("end: ok after %.1f s", time.monotonic() - started)
     except BaseException as exc:
+        if output is not None:
+            if isinstance(exc, errors.JobFailed):  # --keep-going: combine() did finish
+                output.commit()
+            else:
+                output.discard()
         log.info("end: exit %d after %.1f s", _exit_code_of(exc), time.monotonic() - started)
         raise
     finally:
         if journal is not None:
             journal.close()
-        if output is not None:
-            output.close()
     return EXIT_OK
 
 

@@ -50,3 +50,44 @@ def test_original_form_keep_going_keeps_each_result_in_its_place(tmp_path: Path)
         "2 c C COMPLETED NoneType",
         "3 d D COMPLETED NoneType",
     ]
+
+
+SLOW_WHEN_TOLD = """
+    import time
+
+    def processor(item):
+        if item == 'slow':
+            time.sleep(60)
+        return item
+
+    def combine(results):
+        for r in results:
+            print(r)
+"""
+
+
+def test_a_failed_run_leaves_the_old_output_whole(tmp_path: Path, run_cli) -> None:
+    job = write(tmp_path / "job.py", SLOW_WHEN_TOLD)
+    good = write(tmp_path / "good.txt", "a\nb\n")
+    bad = write(tmp_path / "bad.txt", "a\nslow\n")
+    out = tmp_path / "today.out"
+    first = run_cli("run", "--procs", "1", "--input", good, "-o", out, job)
+    assert first.returncode == 0, first.stderr
+    assert out.read_text() == "a\nb\n"
+    second = run_cli("run", "--procs", "1", "--input", bad, "-o", out, "--timeout", "2", job)
+    assert second.returncode == 4, second.stderr
+    assert out.read_text() == "a\nb\n"
+    assert "left as it was" in second.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_output_replaces_the_file_only_when_combine_finished(tmp_path: Path, run_cli) -> None:
+    job = write(tmp_path / "job.py", SLOW_WHEN_TOLD)
+    out = tmp_path / "o.txt"
+    out.write_text("old\n")
+    out.chmod(0o640)
+    done = run_cli("run", "--procs", "1", "--input", write(tmp_path / "in.txt", "x\n"),
+                   "-o", out, job)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == "x\n"
+    assert out.stat().st_mode & 0o777 == 0o640
