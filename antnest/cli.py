@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import antnest
 from antnest import errors
+from antnest.errors import format_seconds
 from antnest.journal import Journal, input_id
 from antnest.lock import RunLock
 from antnest.outfile import OutputFile
@@ -232,7 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     lock = RunLock(args.lock) if args.lock else contextlib.nullcontext()
     with lock:  # first: a second run must not even load the job (LockedError: exit 75)
         if not args.report:
-            return _run(args, None)
+            return _run(args, {})
         started = time.time()
         state: Dict[str, Any] = {}
         code = EXIT_TASK_FAILED
@@ -273,7 +274,8 @@ def _exit_code_of(error: BaseException) -> int:
 
 
 def _run(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> int:
-    started = time.monotonic()
+    if state is not None:
+        args.run_state = state   # main() writes the log's last line from it
     if args.resume and not args.journal:
         raise errors.UsageError("--resume needs --journal FILE")
     job = antnest.load(args.job)
@@ -313,19 +315,36 @@ def _run(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> int:
         sys.stdout.flush()
         if journal is not None:
             journal.remove()   # finished: the next run with --resume starts afresh
-        log.info("end: ok after %.1f s", time.monotonic() - started)
     except BaseException as exc:
         if output is not None:
             if isinstance(exc, errors.JobFailed):  # --keep-going: combine() did finish
                 output.commit()
             else:
                 output.discard()
-        log.info("end: exit %d after %.1f s", _exit_code_of(exc), time.monotonic() - started)
         raise
     finally:
         if journal is not None:
             journal.close()
     return EXIT_OK
+
+
+def _log_end(args: argparse.Namespace, code: int, started: float) -> None:
+    """The log's last line: exit code, duration, counts, where the output went."""
+    log.info("end: exit %d after %s: %s", code, format_seconds(time.monotonic() - started),
+             _summary(getattr(args, "run_state", None), args))
+
+
+def _summary(state: Optional[Dict[str, Any]], args: argparse.Namespace) -> str:
+    """The last log line's counts: done / failed / resumed / not done, and where output went."""
+    cluster = (state or {}).get("cluster")
+    counts = cluster.job_counts() if cluster is not None else {}
+    text = (f"{counts.get('done', 0)} taskunits done, {counts.get('failed', 0)} failed, "
+            f"{counts.get('resumed', 0)} resumed")
+    if counts.get("in_flight"):
+        text += f", {counts['in_flight']} sent and not finished"
+    if counts.get("not_started"):
+        text += f", {counts['not_started']} not started"
+    return text + f"; output {args.output or 'stdout'}"
 
 
 def _one_host_source(args: argparse.Namespace) -> bool:
@@ -395,24 +414,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"antnest: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    started = time.monotonic()
+    code = EXIT_TASK_FAILED
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except errors.AntnestError as exc:
         _report(exc, args)
-        return exit_code_for(exc)
+        code = exit_code_for(exc)
     except BrokenPipeError:  # whoever read our output stopped reading: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_PIPE_CLOSED
+        code = EXIT_PIPE_CLOSED
     except KeyboardInterrupt:
         log.error("interrupted; runners stopped")
-        return EXIT_INTERRUPTED
+        code = EXIT_INTERRUPTED
     except Terminated:
         log.error("terminated; runners stopped")
-        return EXIT_TERMINATED
+        code = EXIT_TERMINATED
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if args.command == "run":
+            _log_end(args, code, started)
         sys.stdout.flush()
+    return code
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

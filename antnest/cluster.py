@@ -29,6 +29,7 @@ from antnest.errors import (
     RunnerLost,
     TaskError,
     UsageError,
+    format_seconds,
 )
 from antnest.host import LOCAL, Host
 from antnest.limits import raise_open_files_limit
@@ -39,6 +40,7 @@ from antnest.scheduler import (
     OrderedCall,
     Policy,
     Scheduler,
+    Tally,
     UnorderedCall,
     as_raisable,
     progress_of,
@@ -115,8 +117,8 @@ class Cluster(Executor):
         except BaseException:  # Ctrl-C while connecting: stop what already started
             self._close_groups()
             raise
-        log.info("first runner up after %.2f s; work starts while the other runners of %d "
-                 "host(s) join", time.monotonic() - started, len(self._groups))
+        log.info("first runner up after %s; work starts while the other runners of %d "
+                 "host(s) join", format_seconds(time.monotonic() - started), len(self._groups))
         threading.Thread(target=self._monitor, name="antnest-monitor", daemon=True).start()
 
     # -- hosts -----------------------------------------------------------------------------
@@ -137,7 +139,9 @@ class Cluster(Executor):
         detail = "every host failed to start" if errors else "every runner was lost"
         errors += [RunnerLost(g.name, g.last_loss) for g in self._groups
                    if g.last_loss and g.name not in self.host_errors]
-        return NoHostsError(errors, detail + progress_of(call))
+        tally = self.job_tally() if call is not None and call is getattr(self, "job_call", None) \
+            else None
+        return NoHostsError(errors, detail + progress_of(call, tally))
 
     def host_failed(self, group: HostGroup, error: HostError) -> None:
         """Said at once when the cluster already runs; before that, only if some other host
@@ -213,7 +217,7 @@ class Cluster(Executor):
     def _results(self, call: OrderedCall, timeout: Optional[float]) -> Iterator[Any]:
         timer = None
         if timeout is not None:  # counted from the call, as concurrent.futures does
-            error = TimeoutError(f"map() did not finish within {timeout:g} s")
+            error = TimeoutError(f"map() did not finish within {format_seconds(timeout)}")
             timer = threading.Timer(timeout, self._fail_call, (call, error))
             timer.daemon = True
             timer.start()
@@ -250,6 +254,7 @@ class Cluster(Executor):
             call = OrderedCall(self.scheduler, plan.processor, plan.items, name=job.name)
         self.job_call = call
         self.job_feed = feed
+        self.job_total = total
         shown = progress(total) if progress is not None else None
         if shown is not None:
             shown.poll(self.job_progress)
@@ -298,30 +303,40 @@ class Cluster(Executor):
             raise JobFailed(failures, total=call.taken)
         return value
 
+    def job_tally(self) -> Optional[Tally]:
+        """Where the last job run's taskunits are (done, failed, running, not started): the
+        one count the progress line, the timeout message, the log and the report share."""
+        call = getattr(self, "job_call", None)
+        if call is None:
+            return None
+        feed = getattr(self, "job_feed", None)
+        return call.tally(total=getattr(self, "job_total", None),
+                          resumed=feed.skipped if feed is not None else 0)
+
     def job_progress(self) -> Tuple[int, int, int]:
         """(taskunits done, hosts busy, hosts usable) of the running job, for Progress.poll."""
-        call = self.job_call
-        feed = getattr(self, "job_feed", None)
-        done = call.taken - call.inflight + (feed.skipped if feed is not None else 0)
+        tally = self.job_tally()
         workers = list(self.scheduler.workers)
         busy = {w.host_name for w in workers if w.inflight}
         usable = {w.host_name for w in workers if w.accepting}
-        return done, len(busy), len(usable)
+        return (tally.done + tally.failed if tally is not None else 0), len(busy), len(usable)
 
     def job_counts(self) -> Dict[str, Any]:
         """What the report says about the last job run: done, failed, retried, resumed,
-        failures (TaskErrors). Zeros when no job ran."""
+        in_flight, not_started, failures (TaskErrors). Zeros when no job ran."""
+        tally = self.job_tally()
         call = getattr(self, "job_call", None)
-        if call is None:
+        if tally is None or call is None:
             return dict(done=0, failed=0, retried=0, resumed=0, failures=[])
-        feed = getattr(self, "job_feed", None)
-        resumed = feed.skipped if feed is not None else 0
-        failed = len(call.failures)
-        return dict(done=call.taken - call.inflight - failed + resumed, failed=failed,
-                    retried=call.retried, resumed=resumed, failures=list(call.failures))
+        return dict(done=tally.done, failed=tally.failed, retried=call.retried,
+                    resumed=tally.resumed, in_flight=tally.running,
+                    not_started=tally.not_started, failures=list(call.failures))
 
     def _expire(self, call: Call, seconds: float) -> None:
-        self._fail_call(call, self.scheduler.timeout_error(seconds, call))
+        with self.scheduler.cond:
+            tally = self.job_tally() if call is getattr(self, "job_call", None) else None
+            error = self.scheduler.timeout_error(seconds, call, tally)
+            call.fail(error)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop every runner and close every connection; nothing stays behind on the hosts."""

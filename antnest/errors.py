@@ -99,6 +99,19 @@ class RunnerLost(AntnestError):
         super().__init__(f"{host}: runner lost ({how})")
 
 
+def format_seconds(seconds: float) -> str:
+    """Every duration antnest prints, one way: "2 s", "2.04 s", "12.3 s", "1500 s".
+
+    At most two decimals below 10 s, one below 100 s, none above; trailing zeros dropped, so a
+    limit given as 2 prints as "2 s" and a measured 2.0001 s as "2 s" too.
+    """
+    digits = 2 if seconds < 10 else 1 if seconds < 100 else 0
+    text = f"{seconds:.{digits}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} s"
+
+
 def _shorten(value: Any, limit: int = 80) -> str:
     try:
         text = repr(value)
@@ -187,12 +200,16 @@ class JobCodeError(AntnestError):
 
 
 class JobTimeout(AntnestError):
-    def __init__(self, seconds: float, done: int, pending: int) -> None:
+    """--timeout: `detail` is the scheduler's one count of done / failed / running / not
+    started (the report and the log say the same numbers)."""
+
+    def __init__(self, seconds: float, done: int, pending: int, detail: Optional[str] = None) -> None:
         self.seconds = seconds
         self.done = done
         self.pending = pending
         super().__init__(
-            f"job timed out after {seconds:g} s: {done} taskunits done, {pending} not done"
+            f"job timed out after {format_seconds(seconds)}: "
+            + (detail or f"{done} taskunits done, {pending} not done")
         )
 
 

@@ -193,10 +193,13 @@ def default_split(input_data: Any) -> Iterable[Any]:
     if hasattr(input_data, "readline"):
         return _lines(input_data)
     try:
-        return iter(input_data)
+        iterator = iter(input_data)
     except TypeError:
         raise UsageError(f"input_data of type {type(input_data).__name__} cannot be split "
                          "into taskunits; define split(input_data)") from None
+    if hasattr(input_data, "__len__") and iterator is not input_data:
+        return input_data  # sized (a list, a range): the summaries can say how many are left
+    return iterator
 
 
 def default_combine(results: Iterator[Any]) -> None:

@@ -6,7 +6,8 @@ sees the previous report or the new one, never half of one.
     {"antnest_report": 1, "version": "0.1.0", "job": "jobs/x.py", "inventory": "hosts.yaml",
      "started": "2026-11-26T22:40:01+01:00", "ended": "...", "duration_seconds": 12.345,
      "exit_code": 0, "interrupted": false, "error": null,
-     "taskunits": {"done": 50000, "failed": 0, "retried": 3, "resumed": 20000},
+     "taskunits": {"done": 50000, "failed": 0, "retried": 3, "resumed": 20000, "in_flight": 0,
+                   "not_started": 0},
      "hosts": [{"name": "node1", "address": "10.0.0.1:22", "state": "closed", "procs": 0,
                 "python": "3.11.7", "cpus": 4, "error": null, "lost": 0, "done": 25000}, ...],
      "failures": [{"id": 17, "host": "node2", "error": "ValueError: bad line"}, ...],
@@ -81,13 +82,17 @@ def build_report(
     interrupted: bool,
     error: Optional[str] = None,
     resumed: int = 0,
+    in_flight: int = 0,
+    not_started: Optional[int] = None,
 ) -> Dict[str, Any]:
     """The report as a JSON-ready dict.
 
     `hosts` are HostState-like (attributes name, address, state, procs, python, cpus, error,
     lost, done), `failures` TaskError-like (taskunit_id, host, problem). `error` is the message
     of what ended the run, if anything did (no usable host, a timeout, ...). `done` counts every
-    finished taskunit, `resumed` those of them taken from the journal of an earlier run.
+    finished taskunit, `resumed` those of them taken from the journal of an earlier run;
+    `in_flight` were sent and had not finished when the run ended, `not_started` never sent
+    (None: the input was not read to its end, so it is not known).
     """
     start = _moment(started)
     end = _moment(ended)
@@ -103,7 +108,8 @@ def build_report(
         "exit_code": exit_code,
         "interrupted": interrupted,
         "error": error,
-        "taskunits": {"done": done, "failed": failed, "retried": retried, "resumed": resumed},
+        "taskunits": {"done": done, "failed": failed, "retried": retried, "resumed": resumed,
+                      "in_flight": in_flight, "not_started": not_started},
         "hosts": [_host(h) for h in hosts],
         "failures": [_failure(f) for f in listed],
         "failures_not_listed": max(0, len(failures) - len(listed)),

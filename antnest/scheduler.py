@@ -30,6 +30,7 @@ from antnest.errors import (
     TaskError,
     TaskLost,
     TaskTimeout,
+    format_seconds,
 )
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class _Feeder:
         self.done = False
         self.error: Optional[BaseException] = None
         self.hungry = False
+        self.read = 0       # items split() has produced so far
         self._iterator = iterator
         threading.Thread(target=self._run, name=f"antnest-input-{call.name}", daemon=True).start()
 
@@ -118,6 +120,7 @@ class _Feeder:
         try:
             for count, item in enumerate(self._iterator, 1):
                 append(item)
+                self.read = count
                 if self.hungry:
                     self.hungry = False
                     sched.pump()
@@ -135,6 +138,46 @@ class _Feeder:
         finally:
             self.done = True
             sched.pump()
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Where a call's taskunits are: the one count every summary, report and error uses.
+
+    done + failed + running + waiting = read; `total` is the input's size when known (a sized
+    split(), or the input ran out), else None (the rest of the input not read yet).
+    """
+
+    done: int          # results accepted (given or ready to give to the consumer)
+    failed: int        # failed for good
+    running: int       # sent (or requeued) and not finished
+    waiting: int       # read from the input, not sent yet
+    total: Optional[int]
+    resumed: int = 0   # of `done`: taken from a journal, not run
+
+    @property
+    def not_started(self) -> Optional[int]:
+        """Taskunits never sent: read and waiting, plus those not read, when that is known."""
+        if self.total is None:
+            return None
+        return max(0, self.total - self.done - self.failed - self.running)
+
+    def describe(self) -> str:
+        """"75 taskunits done, 16 sent and not finished, 309 not started" (zeros left out)."""
+        parts = [f"{self.done} taskunits done" + (f" ({self.resumed} from the journal)"
+                                                  if self.resumed else "")]
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        if self.running:
+            parts.append(f"{self.running} sent and not finished")
+        if self.not_started is not None:
+            if self.not_started:
+                parts.append(f"{self.not_started} not started")
+        else:
+            if self.waiting:
+                parts.append(f"{self.waiting} read and not started")
+            parts.append("the rest of the input not read yet")
+        return ", ".join(parts)
 
 
 class Failure:
@@ -171,6 +214,21 @@ class Call:
         self.inflight = 0            # items in batches not yet fully accepted
         self.input_error: Optional[BaseException] = None
         self.durations: Deque[float] = collections.deque(maxlen=64)  # finished batches, s
+
+    def tally(self, total: Optional[int] = None, resumed: int = 0) -> Tally:
+        """The call's counts (scheduler lock held, or a consistent-enough read for progress).
+        `total`, `resumed`: the job's input size and journaled taskunits, when the caller
+        knows them."""
+        failed = len(self.failures)
+        running = max(0, self.inflight)
+        done = max(0, self.taken - running - failed)
+        feeder = self._feeder
+        read = feeder.read if feeder is not None else self.taken
+        if total is None and (feeder is not None and feeder.done or
+                              self.exhausted and self.error is None):
+            total = read + resumed
+        return Tally(done=done + resumed, failed=failed, running=running,
+                     waiting=max(0, read - self.taken), total=total, resumed=resumed)
 
     def median_batch_seconds(self) -> float:
         if len(self.durations) < 3:
@@ -412,13 +470,13 @@ class FutureCall(Call):
         pass
 
 
-def progress_of(call: Optional[Call]) -> str:
+def progress_of(call: Optional[Call], tally: Optional[Tally] = None) -> str:
     """What a call had done when it stopped, for error messages."""
-    if call is None or call.next_seq == 0:
-        return ""
-    done = call.taken - call.inflight
-    return (f"; {done} taskunits done, {call.inflight} taken and not done"
-            + ("" if call.exhausted else ", the rest of the input not read yet"))
+    if tally is None:
+        if call is None or call.next_seq == 0:
+            return ""
+        tally = call.tally()
+    return "; " + tally.describe()
 
 
 class RemoteTraceback(Exception):
@@ -587,12 +645,15 @@ class Scheduler:
         return any(w.host_name not in batch.avoid and w.accepting for w in self.workers)
 
     # -- frames from workers -------------------------------------------------------------
-    def on_results(self, worker: Any, record: tuple, payload_size: int) -> None:
+    def on_results(self, worker: Any, record: tuple, payload_size: int) -> int:
+        """Take a RESULTS frame; returns how many of its values were accepted (not dropped
+        as duplicates or as results of an ended call): what the host's `done` counts."""
         batch_id, offset, values, errors, elapsed = record
+        accepted = 0
         with self.cond:
             batch = worker.inflight.get(batch_id)
             if batch is None:
-                return
+                return 0
             call = batch.call
             n = len(values)
             call.learn(n, elapsed, payload_size)
@@ -603,12 +664,14 @@ class Scheduler:
                 if not errors and batch.filled.find(1, lo, lo + n) == -1:
                     batch.filled[lo:lo + n] = b"\x01" * n
                     call.accept(batch.first_seq + offset, values)
+                    accepted = n
                 else:
-                    self._accept_slow(worker, batch, offset, values, errors)
+                    accepted = self._accept_slow(worker, batch, offset, values, errors)
             if batch.filled.find(0, batch.base, batch.base + len(batch.items)) == -1:
                 self._finished(worker, batch)
             self.stats["results"] += n
         self.pump()
+        return accepted
 
     def _finished(self, worker: Any, batch: Batch) -> None:
         now = time.monotonic()
@@ -678,16 +741,17 @@ class Scheduler:
                 target.outbox.append(copy)
                 touched.append(target)
                 self.stats["speculated"] += 1
-                log.info("taskunits %d.. run %.1f s on %s (median %.2f s): copying them to %s",
-                         batch.first_seq + todo[0], running, owner.label,
-                         batch.call.median_batch_seconds(), target.label)
+                log.info("taskunits %d.. run %s on %s (median %s): copying them to %s",
+                         batch.first_seq + todo[0], format_seconds(running), owner.label,
+                         format_seconds(batch.call.median_batch_seconds()), target.label)
         for worker in touched:
             worker.flush_outbox()
 
     def _accept_slow(self, worker: Any, batch: Batch, offset: int, values: list,
-                     errors: dict) -> None:
+                     errors: dict) -> int:
         call = batch.call
         run_start = None
+        accepted = 0
         for i in range(offset, offset + len(values) + 1):
             ok = i < offset + len(values) and i not in errors and not batch.filled[batch.base + i]
             if ok and run_start is None:
@@ -695,10 +759,12 @@ class Scheduler:
             if not ok and run_start is not None:
                 batch.filled[batch.base + run_start:batch.base + i] = b"\x01" * (i - run_start)
                 call.accept(batch.first_seq + run_start, values[run_start - offset:i - offset])
+                accepted += i - run_start
                 run_start = None
             if i in errors and not batch.filled[batch.base + i]:
                 error = build_task_error(batch, i, worker.host_name, errors[i])
                 self._task_failed(worker, batch, i, error)
+        return accepted
 
     def _task_failed(self, worker: Any, batch: Batch, index: int, error: TaskError) -> None:
         call = batch.call
@@ -726,8 +792,9 @@ class Scheduler:
                 return
             seq = batch.first_seq + index
             error = TaskTimeout(seq, worker.host_name,
-                                f"ran longer than the task timeout ({elapsed:.1f} s > "
-                                f"{batch.call.policy.task_timeout:g} s); its runner was stopped",
+                                f"ran longer than the task timeout of "
+                                f"{format_seconds(batch.call.policy.task_timeout or 0)} (stopped "
+                                f"after {format_seconds(elapsed)}); its runner was stopped",
                                 data=batch.items[index], attempts=batch.attempts + 1)
             error.exception = None
             if batch.call.error is None:
@@ -818,5 +885,7 @@ class Scheduler:
                 call.fail(error)
             self.cond.notify_all()
 
-    def timeout_error(self, seconds: float, call: Call) -> JobTimeout:
-        return JobTimeout(seconds, call.consumed, max(0, call.taken - call.consumed))
+    def timeout_error(self, seconds: float, call: Call, tally: Optional[Tally] = None) -> JobTimeout:
+        tally = tally or call.tally()
+        return JobTimeout(seconds, tally.done, tally.running + (tally.not_started or 0),
+                          detail=tally.describe())

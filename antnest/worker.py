@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional
 
 from antnest import runner
-from antnest.errors import BootstrapError, ConnectError, HostError, RunnerLost
+from antnest.errors import BootstrapError, ConnectError, HostError, RunnerLost, format_seconds
 from antnest.host import Host
 from antnest.runner import FrameReader, Kind, decode_hello, encode, frame
 from antnest.transport.local import LocalProcess
@@ -321,8 +321,7 @@ class Worker:
                 kind, payload = frame
                 if kind == Kind.RESULTS:
                     record = pickle.loads(payload)
-                    sched.on_results(self, record, len(payload))
-                    self.group.state.done += len(record[2])
+                    self.group.state.done += sched.on_results(self, record, len(payload))
                 elif kind == Kind.LOG:
                     self._log(payload)
                 elif kind == Kind.TIMEOUT:
@@ -331,7 +330,7 @@ class Worker:
                 elif kind == Kind.FATAL:
                     return f"runner failed: {payload.decode(errors='replace').strip()}", False
         except socket.timeout:
-            return f"no word from the host for {DEAD_AFTER:g} s", False
+            return f"no word from the host for {format_seconds(DEAD_AFTER)}", False
         except link_errors() as exc:
             if self._stopping.is_set():
                 return "stopped", False
@@ -411,7 +410,7 @@ def await_hello(host: Host, proc: Any, reader: FrameReader) -> dict:
         frame = reader.next()
     except socket.timeout:
         proc.kill()
-        raise BootstrapError(host.name, f"the runner did not say hello within {BOOT_TIMEOUT:g} s",
+        raise BootstrapError(host.name, f"the runner did not say hello within {format_seconds(BOOT_TIMEOUT)}",
                              status="timeout") from None
     except link_errors():
         frame = None

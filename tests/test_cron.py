@@ -274,7 +274,8 @@ def test_report_on_success(tmp_path: Path) -> None:
     assert TIMESTAMP.match(report["started"]) and TIMESTAMP.match(report["ended"])
     assert report["started"] <= report["ended"]
     assert 0 <= report["duration_seconds"] < 60
-    assert report["taskunits"] == {"done": 10, "failed": 0, "retried": 0, "resumed": 0}
+    assert report["taskunits"] == {"done": 10, "failed": 0, "retried": 0, "resumed": 0,
+                                   "in_flight": 0, "not_started": 0}
     assert report["failures"] == []
     assert [h["name"] for h in report["hosts"]] == ["local"]
     assert report["hosts"][0]["done"] == 10
@@ -288,7 +289,8 @@ def test_report_on_taskunit_failure(tmp_path: Path) -> None:
     assert done.returncode == 1
     report = read_report(report_path)
     assert report["exit_code"] == 1 and report["interrupted"] is False
-    assert report["taskunits"] == {"done": 9, "failed": 1, "retried": 1, "resumed": 0}
+    assert report["taskunits"] == {"done": 9, "failed": 1, "retried": 1, "resumed": 0,
+                                   "in_flight": 0, "not_started": 0}
     assert len(report["failures"]) == 1
     failure = report["failures"][0]
     assert failure["id"] == 3 and failure["host"] == "local"

@@ -91,3 +91,70 @@ def test_output_replaces_the_file_only_when_combine_finished(tmp_path: Path, run
     assert done.returncode == 0, done.stderr
     assert out.read_text() == "x\n"
     assert out.stat().st_mode & 0o777 == 0o640
+
+
+STUCK_AFTER_50 = """
+    import time
+
+    def processor(item):
+        if item >= 50:
+            time.sleep(60)
+        return item
+
+    def combine(results):
+        for r in results:
+            pass
+
+    input_data = range(400)
+"""
+
+
+def test_timeout_summary_report_and_hosts_count_alike(tmp_path: Path, run_cli) -> None:
+    import re
+
+    job = write(tmp_path / "job.py", STUCK_AFTER_50)
+    report = tmp_path / "r.json"
+    log_file = tmp_path / "run.log"
+    result = run_cli("run", "--procs", "2", "--timeout", "3", "--report", report,
+                     "--log-file", log_file, job)
+    assert result.returncode == 4, result.stderr
+    said = re.search(r"job timed out after 3 s: (\d+) taskunits done"
+                     r"(?:, (\d+) sent and not finished)?(?:, (\d+) not started)?$",
+                     result.stderr, re.M)
+    assert said, result.stderr
+    done, running, not_started = (int(n or 0) for n in said.groups())
+    assert done + running + not_started == 400
+    counts = json.loads(report.read_text())
+    assert counts["taskunits"]["done"] == done
+    assert counts["taskunits"]["in_flight"] == running
+    assert counts["taskunits"]["not_started"] == not_started
+    assert sum(h["done"] for h in counts["hosts"]) == done
+    last = log_file.read_text().splitlines()[-1]
+    assert f"{done} taskunits done, 0 failed, 0 resumed" in last, last
+    assert last.endswith("; output stdout"), last
+    assert f"{running} sent and not finished" in last or not running, last
+
+
+def test_durations_print_one_way() -> None:
+    from antnest.errors import format_seconds
+
+    assert [format_seconds(s) for s in (2, 2.0, 2.0001, 2.04, 0.5, 12.34, 1500.4)] == [
+        "2 s", "2 s", "2 s", "2.04 s", "0.5 s", "12.3 s", "1500 s"]
+
+
+def test_task_timeout_message_prints_both_durations_alike(tmp_path: Path, run_cli) -> None:
+    import re
+
+    job = write(tmp_path / "job.py", """
+        import time
+
+        def processor(item):
+            time.sleep(30)
+    """)
+    result = run_cli("run", "--procs", "1", "--task-timeout", "1", "--input",
+                     write(tmp_path / "in.txt", "x\n"), job)
+    assert result.returncode == 1, result.stderr
+    said = re.search(r"task timeout of ([0-9.]+ s) \(stopped after ([0-9.]+ s)\)", result.stderr)
+    assert said, result.stderr
+    assert said.group(1) == "1 s"
+    assert re.fullmatch(r"\d+(\.\d{1,2})? s", said.group(2)), said.group(2)

@@ -42,7 +42,8 @@ def test_content() -> None:
     assert report["ended"].startswith("2026-11-26T22:40:13")
     assert report["duration_seconds"] == 12.5
     assert report["exit_code"] == 1 and report["interrupted"] is False and report["error"] is None
-    assert report["taskunits"] == {"done": 10, "failed": 1, "retried": 2, "resumed": 0}
+    assert report["taskunits"] == {"done": 10, "failed": 1, "retried": 2, "resumed": 0,
+                                   "in_flight": 0, "not_started": None}
     assert sample(resumed=4)["taskunits"]["resumed"] == 4
     assert report["hosts"][0] == {"name": "node1", "address": "10.0.0.1:22", "state": "closed",
                                   "procs": 0, "python": "3.11.7", "cpus": 4, "error": None,

@@ -21,7 +21,7 @@ import paramiko
 from fabric import Config, Connection
 
 from antnest import bootstrap
-from antnest.errors import AuthError, ConnectError, HostError, HostKeyError
+from antnest.errors import AuthError, ConnectError, HostError, HostKeyError, format_seconds
 from antnest.host import Host
 from antnest.limits import FD_ERRNOS, fd_limit_advice
 from antnest.transport import SshOptions, describe_exit
@@ -110,7 +110,7 @@ class SshConnection:
                     if time.monotonic() - started >= 0.9 * timeout:
                         # a host that accepts TCP and then says nothing: no second wait
                         raise ConnectError(self.host.name, f"{exc}: no SSH greeting within "
-                                           f"the connect timeout ({timeout:g} s)",
+                                           f"the connect timeout ({format_seconds(timeout)})",
                                            status="timeout") from None
                     pause = delay * (1 + random.random())
                     if attempt == HANDSHAKE_TRIES or time.monotonic() + pause >= deadline:
