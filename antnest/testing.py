@@ -68,6 +68,9 @@ class FleetHost:
     pid: int
     fingerprint: str  # "SHA256:...", as ssh-keygen -l and ssh print it
     home: Path        # the sessions' $HOME: starts empty, so "nothing left behind" is checkable
+    # the sessions' $TMPDIR, private to this daemon: what a remote session writes to "the temp
+    # directory" lands here, apart from whatever else the machine's programs put in /tmp
+    tmp: Optional[Path] = None
 
 
 def find_sshd() -> Optional[str]:
@@ -235,6 +238,10 @@ class _Daemon:
         return self.dir / "home"
 
     @property
+    def tmp(self) -> Path:
+        return self.dir / "tmp"
+
+    @property
     def log_path(self) -> Path:
         return self.dir / "sshd.log"
 
@@ -284,6 +291,7 @@ class SshdFleet:
                 _keygen(key, comment=name)
                 daemon = _Daemon(name, address, _free_port(address), ddir, key, _fingerprint(key))
                 daemon.home.mkdir(exist_ok=True)
+                daemon.tmp.mkdir(exist_ok=True)
                 self._daemons[name] = daemon
                 self._spawn(daemon)
             for daemon in self._daemons.values():
@@ -403,6 +411,7 @@ class SshdFleet:
             pid=root.pid if root is not None else 0,
             fingerprint=daemon.fingerprint,
             home=daemon.home,
+            tmp=daemon.tmp,
         )
 
     def _root(self, daemon: _Daemon) -> Optional[_Proc]:
@@ -480,7 +489,7 @@ class SshdFleet:
         # the remote python3 is the system one, as on a machine nobody prepared.
         return "\n".join(
             [
-                f'SetEnv "HOME={daemon.home}"',
+                f'SetEnv "HOME={daemon.home}" "TMPDIR={daemon.tmp}"',
                 f"ListenAddress {daemon.address}:{daemon.port}",
                 f"HostKey {daemon.host_key_path}",
                 f"PidFile {daemon.pid_path}",

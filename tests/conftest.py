@@ -51,7 +51,6 @@ def fleet_inventory(fleet: SshdFleet, tmp_path: Path) -> Path:
 # guard that fails the test when a runner process or a file outlives a run.
 
 import dataclasses as _dataclasses
-import fnmatch as _fnmatch
 import pwd as _pwd
 import subprocess as _subprocess
 import sys as _sys
@@ -98,19 +97,16 @@ class Leftovers:
 
     Runners counted are this test's own: local ones carry its environment marker, remote ones
     are children of the fleet's daemons (the fleet belongs to this pytest session alone). With a
-    fleet, files are looked for in the hosts' home directories, at the top of /tmp and of the
-    login directory sessions start in (another process writing there at the same time would
-    show up too: the message names the path).
+    fleet, files are looked for where the fleet's sessions write: the hosts' home directories
+    and their private $TMPDIRs (both the fleet's own, so no other program's files show up),
+    and the top of the login directory sessions start in. /tmp itself is not watched: on a
+    shared machine anything may write there, and a remote session's temporary files go to its
+    $TMPDIR; that the runner never names /tmp is checked on its source (test_everyday).
     """
-
-    # Made by other programs that may run meanwhile: pytest's temporary directories, the
-    # benchmarks' fleets (antnest-bench-*), pip, the sandbox's tool directories.
-    TMP_IGNORE = ("pytest-of-*", "antnest-bench-*", "pip-*", "bash_tool_*", "bash_jobs.*")
 
     def __init__(self, mark: str, fleet: _Optional[SshdFleet]) -> None:
         self.mark = mark
         self.fleet = fleet
-        self.tmp_before = self._tmp() if fleet is not None else set()
         # sshd starts sessions in the user's login directory (the fleet only changes $HOME)
         self.login_dir = Path(_pwd.getpwuid(os.getuid()).pw_dir)
         self.login_before = self._login() if fleet is not None else set()
@@ -146,11 +142,10 @@ class Leftovers:
     def new_files(self) -> _List[str]:
         if self.fleet is None:  # local runs: only processes are checked
             return []
-        new = [f"/tmp/{name}" for name in sorted(self._tmp() - self.tmp_before)]
-        new += [str(self.login_dir / name) for name in sorted(self._login() - self.login_before)]
+        new = [str(self.login_dir / name) for name in sorted(self._login() - self.login_before)]
         after = self._homes()
         for name, paths in self.homes_before.items():
-            new += [f"{name}:~/{p}" for p in sorted(after.get(name, set()) - paths)]
+            new += [f"{name}:{p}" for p in sorted(after.get(name, set()) - paths)]
         return new
 
     def check(self) -> None:
@@ -168,10 +163,6 @@ class Leftovers:
         if new:
             pytest.fail("files appeared during the run: " + ", ".join(new))
 
-    def _tmp(self) -> _Set[str]:
-        names = set(os.listdir("/tmp"))
-        return {n for n in names if not any(_fnmatch.fnmatch(n, p) for p in self.TMP_IGNORE)}
-
     def _login(self) -> _Set[str]:
         try:
             return set(os.listdir(self.login_dir))
@@ -184,9 +175,12 @@ class Leftovers:
         listing = {}
         for host in self.fleet.hosts:
             paths = set()
-            for root, dirs, files in os.walk(host.home):
-                for entry in dirs + files:
-                    paths.add(os.path.relpath(os.path.join(root, entry), host.home))
+            for label, top in (("~", host.home), ("$TMPDIR", host.tmp)):
+                if top is None:
+                    continue
+                for root, dirs, files in os.walk(top):
+                    for entry in dirs + files:
+                        paths.add(f"{label}/" + os.path.relpath(os.path.join(root, entry), top))
             listing[host.name] = paths
         return listing
 

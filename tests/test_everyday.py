@@ -158,3 +158,51 @@ def test_task_timeout_message_prints_both_durations_alike(tmp_path: Path, run_cl
     assert said, result.stderr
     assert said.group(1) == "1 s"
     assert re.fullmatch(r"\d+(\.\d{1,2})? s", said.group(2)), said.group(2)
+
+
+# --- the leftover check watches what the fleet's sessions can write, not all of /tmp ------------
+
+def test_leftover_check_ignores_other_programs_files_in_tmp(fleet, fleet_inventory, run_cli,
+                                                            fleet_leftovers) -> None:
+    import tempfile
+
+    handle, other = tempfile.mkstemp(dir="/tmp", prefix="nc-data-")   # another program's file
+    os.close(handle)
+    try:
+        result = run_cli("run", "-i", fleet_inventory, "--known-hosts", fleet.known_hosts,
+                         "--procs", "1", Path(__file__).parent.parent / "jobs" / "reverse.py")
+        assert result.returncode == 0, result.stderr
+        assert fleet_leftovers.new_files() == []
+    finally:
+        os.unlink(other)
+
+
+def test_leftover_check_sees_a_remote_sessions_temporary_file(fleet, fleet_inventory, run_cli,
+                                                              tmp_path: Path,
+                                                              fleet_leftovers) -> None:
+    job = write(tmp_path / "litter.py", """
+        import tempfile
+
+        def processor(item):
+            handle, path = tempfile.mkstemp(prefix="litter-")
+            return path
+
+        input_data = ["x"]
+    """)
+    result = run_cli("run", "-i", fleet_inventory, "--known-hosts", fleet.known_hosts,
+                     "--procs", "1", "-l", "fleet1", job)
+    assert result.returncode == 0, result.stderr
+    written = Path(result.stdout.strip())
+    try:
+        assert written.parent == fleet.host("fleet1").tmp
+        assert [f for f in fleet_leftovers.new_files() if "litter-" in f] == [
+            f"fleet1:$TMPDIR/{written.name}"]
+    finally:
+        written.unlink()
+
+
+def test_the_runner_never_names_tmp() -> None:
+    import antnest.runner
+
+    source = Path(antnest.runner.__file__).read_text()
+    assert "/tmp" not in source and "tempfile" not in source
