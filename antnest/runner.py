@@ -156,6 +156,9 @@ class _Current(object):
     batch = None
     index = -1
     started = 0.0
+    # (offset, values, errors, perf_counter start) of the batch's results not sent yet: the
+    # watchdog sends them before TIMEOUT, so finished taskunits do not die with the runner
+    unsent = None
 
 
 class _TextToLog(io.TextIOBase):
@@ -351,9 +354,17 @@ class _Runner(object):
             if self.task_timeout and cur.batch is not None and cur.index >= 0:
                 elapsed = now - cur.started
                 if elapsed > self.task_timeout:
-                    payload = pickle.dumps((cur.batch, cur.index, elapsed))
+                    batch, index, unsent = cur.batch, cur.index, cur.unsent
                     try:
-                        self.writer.send(Kind.TIMEOUT, payload)
+                        if unsent is not None:
+                            offset, values, errors, start = unsent
+                            done = values[:index - offset]  # the main thread is stuck in fn
+                            if done:
+                                self._send_results(batch, offset, done,
+                                                   dict((i, e) for i, e in errors.items()
+                                                        if i < index),
+                                                   time.perf_counter() - start)
+                        self.writer.send(Kind.TIMEOUT, pickle.dumps((batch, index, elapsed)))
                     finally:
                         _exit_now(3)
             if self.idle_timeout and now - self.last_heard > self.idle_timeout:
@@ -390,6 +401,7 @@ class _Runner(object):
         offset = 0
         clock = time.perf_counter
         start = clock()
+        cur.unsent = (offset, values, errors, start)
         cur.batch = batch_id
         for index, item in enumerate(items):
             cur.index = index
@@ -407,7 +419,9 @@ class _Runner(object):
                 values = []
                 errors = {}
                 start = now
+                cur.unsent = (offset, values, errors, start)
         cur.index = -1
+        cur.unsent = None
         self._flush_output()
         self._send_results(batch_id, offset, values, errors, clock() - start)
         cur.batch = None

@@ -95,6 +95,20 @@ class Batch:
         window = self.filled[self.base:self.base + len(self.items)]
         return [i for i, done in enumerate(window) if not done]
 
+    def unfinished_parts(self) -> List["Batch"]:
+        """The unfinished items as parts of contiguous runs: a taskunit already settled (a
+        timed-out one failed or handed to its retry) is never sent again with its neighbours."""
+        parts = []
+        start = None
+        for i in range(len(self.items) + 1):
+            open_slot = i < len(self.items) and not self.filled[self.base + i]
+            if open_slot and start is None:
+                start = i
+            elif not open_slot and start is not None:
+                parts.append(self.part(start, i))
+                start = None
+        return parts
+
 
 class _Feeder:
     """Reads a call's input on its own thread: a slow split() or a trickling stdin never
@@ -815,15 +829,14 @@ class Scheduler:
             for position, batch in enumerate(batches):
                 if batch.call.error is not None:
                     continue
-                todo = batch.unfinished()
-                if not todo:
+                parts = batch.unfinished_parts()
+                if not parts:
                     continue
-                first = todo[0]
-                rest = batch.part(first)
                 if position == 0 and blame and not worker.culprit_known:
-                    self._blame(worker, rest, reason)
+                    for part in parts:
+                        self._blame(worker, part, reason)
                 else:
-                    self.requeued.append(rest)
+                    self.requeued.extend(parts)
             self.stats["lost"] += 1
             self._check_alive()
             self.cond.notify_all()

@@ -206,3 +206,41 @@ def test_the_runner_never_names_tmp() -> None:
 
     source = Path(antnest.runner.__file__).read_text()
     assert "/tmp" not in source and "tempfile" not in source
+
+
+# --- --task-timeout charges only the taskunit that overran, once per overrun ---------------------
+
+FOREVER_AT_20 = """
+    import sys
+
+    def processor(item):
+        print("start", item, file=sys.stderr, flush=True)
+        while item == 20:
+            pass
+        return item
+
+    input_data = range(40)
+"""
+
+
+@pytest.mark.parametrize("procs", ["1", "2"])
+def test_task_timeout_fails_the_overrunning_taskunit_exactly_once(tmp_path: Path, run_cli,
+                                                                  procs: str) -> None:
+    job = write(tmp_path / "forever.py", FOREVER_AT_20)
+    result = run_cli("run", "--procs", procs, "--keep-going", "--task-timeout", "1",
+                     "--retries", "0", "--timeout", "60", job)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.split() == [str(i) for i in range(40) if i != 20]
+    assert "1 of 40 taskunits failed" in result.stderr, result.stderr
+    starts = [line.rsplit(" ", 1)[-1] for line in result.stderr.splitlines() if " start " in line]
+    assert starts.count("20") == 1, result.stderr
+    assert sorted(set(starts), key=int) == [str(i) for i in range(40)]
+
+
+def test_task_timeout_with_retries_runs_it_once_more_per_retry(tmp_path: Path, run_cli) -> None:
+    job = write(tmp_path / "forever.py", FOREVER_AT_20)
+    result = run_cli("run", "--procs", "1", "--keep-going", "--task-timeout", "1",
+                     "--retries", "1", "--timeout", "60", job)
+    assert result.returncode == 1, result.stderr
+    starts = [line.rsplit(" ", 1)[-1] for line in result.stderr.splitlines() if " start " in line]
+    assert starts.count("20") == 2, result.stderr
