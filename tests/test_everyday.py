@@ -244,3 +244,114 @@ def test_task_timeout_with_retries_runs_it_once_more_per_retry(tmp_path: Path, r
     assert result.returncode == 1, result.stderr
     starts = [line.rsplit(" ", 1)[-1] for line in result.stderr.splitlines() if " start " in line]
     assert starts.count("20") == 2, result.stderr
+
+
+# --- the runner owns every process the job starts -----------------------------------------------
+
+SPAWNING = """
+    import os
+    import subprocess
+    import time
+
+    SECONDS = "{seconds}"
+
+    def processor(item):
+        if item == "child":
+            return subprocess.Popen(["sleep", SECONDS]).pid
+        if item == "daemon":   # forks away into its own session: its parent exits at once
+            subprocess.run(["setsid", "-f", "sleep", SECONDS + "1"], check=True)
+            time.sleep(0.5)
+            out = subprocess.run(["pgrep", "-f", "^sleep " + SECONDS + "1$"],
+                                 stdout=subprocess.PIPE, check=True).stdout
+            return int(out.split()[0])
+        if item == "stuck":
+            subprocess.run(["sleep", SECONDS + "2"])
+        return 0
+
+    def combine(results):
+        return list(results)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pids, seconds: float = 10.0) -> list:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        left = [pid for pid in pids if _alive(pid)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [pid for pid in pids if _alive(pid)]
+
+
+def _pids_of(pattern: str) -> list:
+    import subprocess
+
+    found = subprocess.run(["pgrep", "-f", pattern], stdout=subprocess.PIPE, text=True).stdout
+    return [int(p) for p in found.split()]
+
+
+def _need_tools() -> None:
+    import shutil
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc")
+    if shutil.which("setsid") is None or shutil.which("pgrep") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("setsid and pgrep (util-linux, procps) are needed")
+        pytest.skip("setsid or pgrep missing")
+
+
+def _spawning_job(tmp_path: Path) -> "tuple[Path, str]":
+    import random
+
+    seconds = f"600.{random.randrange(10**6, 10**7)}"   # unique: other tests' sleeps differ
+    path = tmp_path / "spawning.py"
+    path.write_text(textwrap.dedent(SPAWNING).lstrip().replace("{seconds}", seconds))
+    return path, seconds
+
+
+def test_children_and_daemons_of_a_processor_end_with_the_run(target, tmp_path: Path) -> None:
+    _need_tools()
+    job, seconds = _spawning_job(tmp_path)
+    with antnest.Cluster(**target.cluster_kwargs, procs=1) as cluster:
+        loaded = antnest.load(str(job))
+        loaded.input_data = ["child", "daemon"]
+        pids = cluster.run(loaded)
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids), pids
+    left = _wait_gone(pids)
+    _kill(left)
+    assert left == []
+
+
+def _kill(pids) -> None:
+    """A failed test must not leave its own sleeps behind either."""
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_a_timed_out_taskunits_children_are_stopped(target, tmp_path: Path) -> None:
+    _need_tools()
+    job, seconds = _spawning_job(tmp_path)
+    loaded = antnest.load(str(job))
+    loaded.input_data = ["stuck"]
+    with antnest.Cluster(**target.cluster_kwargs, procs=1, task_timeout=1) as cluster:
+        with pytest.raises(antnest.errors.TaskTimeout):
+            cluster.run(loaded)
+        left = _wait_gone(_pids_of(f"^sleep {seconds}2$"))
+        _kill(left)
+        assert left == []

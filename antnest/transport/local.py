@@ -14,6 +14,9 @@ from antnest.errors import BootstrapError
 from antnest.transport import describe_exit
 
 
+KILL_GRACE = 1.0   # seconds a runner gets to stop its descendants after stdin closes
+
+
 class LocalProcess:
     """One runner in a child process; stage 2 goes over its stdin like over SSH."""
 
@@ -62,10 +65,14 @@ class LocalProcess:
 
     def kill(self) -> None:
         self.close()
+        try:  # stdin closed: the runner stops what the job started, then exits
+            self._proc.wait(timeout=KILL_GRACE)
+        except subprocess.TimeoutExpired:
+            pass
         if self._proc.poll() is None:
-            try:
-                os.kill(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+            try:  # its own session: the group is the runner and what it started
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
         try:
             self._proc.wait(timeout=5)
