@@ -2,15 +2,12 @@
 
 Layering (later wins): built-in defaults < ssh_config < inventory defaults/group vars < host entry.
 
-Three inventory syntaxes are read, told apart by content, never by file name:
+Three inventory syntaxes are read:
 
 - native YAML: ``defaults:`` / ``groups:`` / ``hosts:`` (a list), validated strictly;
-- Ansible YAML: group names at the top with ``hosts:`` / ``children:`` / ``vars:``;
-- Ansible INI: ``[group]``, ``[group:children]``, ``[group:vars]``, ``node[01:20]`` ranges.
-
-Ansible inventories are read for the connection variables only (``ansible_host``, ``ansible_port``,
-``ansible_user``, ``ansible_ssh_private_key_file``, ``ansible_python_interpreter``,
-``antnest_procs``); every other variable belongs to Ansible and is ignored.
+- Ansible YAML and INI, files or a directory of them, with the group_vars/ and host_vars/
+  beside them, read as ansible-core reads them (``ansible.py``); which Ansible variables
+  become which Host field is the one table ``ansible_vars.FIELDS``.
 
 Each format first becomes a list of ``_Entry`` (what the file says about a host), then
 ``_SshConfig.resolve`` merges ``~/.ssh/config`` underneath and builds the ``Host``.
@@ -19,14 +16,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from dataclasses import replace
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ..errors import InventoryError
 from ..host import LOCAL, Host
 from ..patterns import select
 from .values import PathArg, _Entry, _yaml
 from .native import _native, _parse_host_list
-from .ansible import _INI_SECTION, _ansible_ini, _ansible_yaml
+from .ansible import _INI_SECTION, read_ansible
 from .ssh_config import _SshConfig, _ssh_config_path
 
 log = logging.getLogger(__name__)
@@ -42,25 +40,41 @@ def load_hosts(
     limit: Optional[str] = None,
     ssh_config: Optional[PathArg] = None,
 ) -> List[Host]:
-    """Hosts from an inventory file (-i) or a host list (-H), ssh_config merged, --limit applied.
+    """Hosts from an inventory file or directory (-i) or a host list (-H), ssh_config merged,
+    --limit applied.
 
     With neither an inventory nor a host list there is nothing to load and the result is ``[]``
-    (the caller then falls back to local workers).
+    (the caller then falls back to local workers). A host the inventory describes in a way
+    antnest cannot use (say ``ansible_connection=winrm``) is an error only once selected.
     """
     if inventory is not None and host_list is not None:
         raise InventoryError("-H", f"give an inventory file ({os.fspath(inventory)}) or a host "
                              "list (-H), not both")
+    members = None
     if inventory is not None:
         source = os.fspath(inventory)
-        entries = _read_inventory(source)
+        entries, members = _read_inventory(source)
     elif host_list is not None:
         source = "-H"
         entries = _parse_host_list(host_list)
     else:
         return []
     ssh = _SshConfig(_ssh_config_path(ssh_config))
-    hosts = [ssh.resolve(entry, source) for entry in entries]
-    return hosts if limit is None else select(hosts, limit)
+    hosts = [_finish(ssh.resolve(entry, source), entry) for entry in entries]
+    if limit is not None:
+        hosts = select(hosts, limit, members)
+    refused = {entry.name: entry.refusal for entry in entries if entry.refusal}
+    for host in hosts:
+        if host.name in refused:
+            problem, key = refused[host.name]
+            raise InventoryError(source, problem, key)
+    return hosts
+
+
+def _finish(host: Host, entry: _Entry) -> Host:
+    """What ssh_config has no say in: how the host is reached at all."""
+    chosen = {k: entry.settings[k] for k in ("transport", "ssh_client") if k in entry.settings}
+    return replace(host, **chosen) if chosen else host
 
 
 def describe(hosts: Iterable[Host]) -> List[Dict[str, Any]]:
@@ -92,8 +106,16 @@ def _hop_text(hop: Host) -> str:
 
 # --------------------------------------------------------------------------- reading a file
 
-def _read_inventory(path: str) -> List[_Entry]:
-    """Read ``path`` and hand it to the parser its content calls for."""
+def _read_inventory(path: str) -> Tuple[List[_Entry], Optional[Dict[str, List[str]]]]:
+    """Read ``path`` (a file, or a directory as Ansible reads one) with the reader its content
+    calls for; Ansible's readers also give each group's hosts in Ansible's order, for --limit."""
+    if "," in path:
+        raise InventoryError(path, "a path with a comma: Ansible reads it as a list of hosts "
+                             "and antnest refuses to guess; pass hosts with -H or rename it")
+    if not os.path.exists(path):
+        raise InventoryError(path, "cannot read the inventory: No such file or directory")
+    if os.path.isdir(path):
+        return read_ansible(path)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -101,28 +123,20 @@ def _read_inventory(path: str) -> List[_Entry]:
         raise InventoryError(path, f"cannot read the inventory: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise InventoryError(path, "not a text file (expected UTF-8 YAML or INI)") from exc
-    first = next((line.strip() for line in text.splitlines()
-                  if line.strip() and line.strip()[0] not in "#;"), "")
-    if _INI_SECTION.match(first):
-        return _ansible_ini(text, path).entries(path)
-    yaml, loader = _yaml()
-    try:
-        data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        if any(_INI_SECTION.match(line.strip()) for line in text.splitlines()):
-            return _ansible_ini(text, path).entries(path)
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InventoryError(path, f"not valid YAML: {problem}",
-                             f"line {mark.line + 1}" if mark else None) from exc
-    if isinstance(data, str):   # INI with only ungrouped hosts reads as one YAML string
-        return _ansible_ini(text, path).entries(path)
-    if not isinstance(data, dict) or not data:
-        raise InventoryError(path, "no hosts: expected a mapping with 'hosts:' (antnest form) "
-                             "or Ansible groups ('all:') at the top level")
-    if _is_ansible_yaml(data):
-        return _ansible_yaml(data, path).entries(path)
-    return _native(data, path)
+    if not _INI_SECTION.match(_first_line(text)):
+        yaml, loader = _yaml()
+        try:
+            data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError:
+            data = None
+        if isinstance(data, dict) and data and not _is_ansible_yaml(data):
+            return _native(data, path), None
+    return read_ansible(path)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines()
+                 if line.strip() and line.strip()[0] not in "#;"), "")
 
 
 def _is_ansible_yaml(data: Mapping[Any, Any]) -> bool:

@@ -1,282 +1,511 @@
-"""Ansible's YAML and INI inventories, read for the connection variables."""
+"""Ansible inventories as ansible-core reads them: INI and YAML files, directories of them, and
+the group_vars/ and host_vars/ next to them. Checked against ansible-core by
+tests/test_ansible_parity.py; which variables become which Host field is ansible_vars.FIELDS.
+"""
 from __future__ import annotations
 
 import ast
 import logging
+import os
 import re
 import shlex
 import string
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import InventoryError
-from .values import (
-    _Bad, _Entry, _group_name, _name, _paths, _port, _port_text, _procs, _show, _split_port,
-    _text, _Vaulted
-)
-
-
-# --------------------------------------------------------------------------- Ansible forms
+from .ansible_vars import Origin, Refusal, settings_of
+from .values import _Bad, _Entry, _group_name, _name, _port_text, _split_port, _text, _yaml
 
 log = logging.getLogger(__name__)
 
-_ANSIBLE_VARS = (   # (Host field, check, variable names: a later name wins, as in Ansible)
-    ("address", _text, ("ansible_ssh_host", "ansible_host")),
-    ("port", _port, ("ansible_ssh_port", "ansible_port")),
-    ("user", _text, ("ansible_ssh_user", "ansible_user")),
-    ("identity_files", _paths, ("ansible_private_key_file", "ansible_ssh_private_key_file")),
-    ("python", _text, ("ansible_python_interpreter",)),
-    ("procs", _procs, ("antnest_procs",)),
-)
-_PYTHON_AUTO = ("auto", "auto_silent", "auto_legacy", "auto_legacy_silent")
-
-Origin = Tuple[Any, str]   # a variable's value and where it was set, for messages
+VAULTED = "vault-encrypted inventory: decrypt it or pass the hosts with -H"
+_YAML_EXTS = ("", ".yml", ".yaml", ".json")   # files the YAML reader tries first
+_IGNORED = re.compile(r"^\.|^host_vars$|^group_vars$|^vars_plugins$"
+                      r"|(\.pyc|\.pyo|\.swp|\.bak|~|\.rpm|\.md|\.txt|\.rst|\.orig|\.cfg|\.retry)$")
+_INI_SECTION = re.compile(r"^\[([^:\]\s]+)(?::(\w+))?\]\s*(?:#.*)?$")
+_INI_CHILD = re.compile(r"^([^:\]\s]+)\s*(?:#.*)?$")
+Members = Dict[str, List[str]]
 
 
 @dataclass
 class _Group:
     name: str
-    vars: Dict[str, Origin] = field(default_factory=dict)
+    vars: Dict[str, Origin] = field(default_factory=dict)        # from the inventory
+    file_vars: Dict[str, Origin] = field(default_factory=dict)   # from group_vars/
     hosts: List[str] = field(default_factory=list)
     children: List[str] = field(default_factory=list)
     parents: List[str] = field(default_factory=list)
+    priority: int = 1
 
 
-class _Ansible:
-    """Groups, hosts and variables of an Ansible inventory, whichever syntax it came in."""
+class AnsibleInventory:
+    """Groups, hosts and variables of one ``-i`` source, whichever files and syntax it came in."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.path = source   # the file being read, for messages
         self.groups: Dict[str, _Group] = {"all": _Group("all"), "ungrouped": _Group("ungrouped")}
-        self.hosts: Dict[str, Dict[str, Origin]] = {}   # host -> its own vars, in file order
+        self.add_child("all", "ungrouped", "")
+        self.hosts: Dict[str, Dict[str, Origin]] = {}        # host -> own inventory vars
+        self.host_files: Dict[str, Dict[str, Origin]] = {}   # host -> host_vars/ vars
 
-    def group(self, name: Any, where: str) -> _Group:
-        try:
-            name = _group_name(str(name) if isinstance(name, (int, float)) else name)
-        except _Bad as bad:
-            raise InventoryError(self.path, f"group name {bad}", where) from None
-        return self.groups.setdefault(name, _Group(name))
+    # ---------------------------------------------------------------- building
 
-    def add_host(self, group: str, pattern: Any, host_vars: Dict[str, Origin],
-                 where: str) -> None:
+    def fail(self, problem: str, where: Optional[str] = None) -> InventoryError:
+        return InventoryError(self.path, problem, where)
+
+    def group(self, name: Any, where: str) -> str:
+        if not isinstance(name, str):
+            raise self.fail(f"group name {name!r} is a {type(name).__name__}: Ansible refuses "
+                            "it; quote it", where)
         try:
-            host, port = _split_port(_text(str(pattern) if isinstance(pattern, int) else pattern))
-            names = _expand_ranges(host)
-            port_var = {"ansible_port": (_port_text(port), where)} if port else {}
+            name = _group_name(name)
         except _Bad as bad:
-            raise InventoryError(self.path, f"host {bad}", where) from None
-        for name in names:
+            raise self.fail(f"group name {bad}", where) from None
+        self.groups.setdefault(name, _Group(name))
+        return name
+
+    def set_group_var(self, group: str, key: Any, value: Any, where: str) -> None:
+        self.groups[group].vars[str(key)] = (value, where)
+        if key == "ansible_group_priority":
             try:
-                name = _name(name)
-            except _Bad as bad:
-                raise InventoryError(self.path, f"host {bad}", where) from None
-            self.hosts.setdefault(name, {}).update({**port_var, **host_vars})
+                self.groups[group].priority = int(value)
+            except (TypeError, ValueError):
+                raise self.fail(f"ansible_group_priority must be a whole number, not "
+                                f"{value!r}", where) from None
+
+    def add_hosts(self, group: str, pattern: Any, host_vars: Mapping[Any, Any],
+                  where: str, key_where: Any) -> None:
+        """One host line or key: ``node[01:03]:2222`` expands, the port applies where new."""
+        if not isinstance(pattern, str):
+            raise self.fail(f"host name {pattern!r} is a {type(pattern).__name__}: Ansible "
+                            "refuses it; quote it", where)
+        try:
+            host, port = _split_port(_text(pattern))
+            port_number = _port_text(port)
+            names = [_name(n) for n in _expand_ranges(host)]
+        except _Bad as bad:
+            raise self.fail(f"host {bad}", where) from None
+        if not names:
+            log.warning("%s: %s: the range %r names no host", self.path, where, pattern)
+        for name in names:
+            if name not in self.hosts:
+                self.hosts[name] = {}
+                if port_number is not None:   # Ansible: a port only where the host is new
+                    self.hosts[name]["ansible_port"] = (port_number, where)
             if name not in self.groups[group].hosts:
                 self.groups[group].hosts.append(name)
+            for key, value in host_vars.items():
+                self.hosts[name][str(key)] = (value, key_where(key))
 
     def add_child(self, parent: str, child: str, where: str) -> None:
-        self.group(child, where)
-        if parent == child or parent in self._descendants(child):
-            raise InventoryError(self.path, f"making {child!r} a child of {parent!r} creates a "
-                                 "loop of groups", where)
+        if parent == child or parent in self.descendants(child):
+            raise self.fail(f"making {child!r} a child of {parent!r} creates a loop of groups",
+                            where)
         if child not in self.groups[parent].children:
             self.groups[parent].children.append(child)
             self.groups[child].parents.append(parent)
 
-    def _descendants(self, name: str) -> List[str]:
+    def descendants(self, name: str) -> List[str]:
         found: List[str] = []
         for child in self.groups[name].children:
-            found += [child] + self._descendants(child)
+            found += [child] + self.descendants(child)
         return found
 
-    def entries(self, path: str) -> List[_Entry]:
-        """Hosts in order of first appearance, each with the vars that win for it."""
-        for top in [g.name for g in self.groups.values() if g.name != "all" and not g.parents]:
-            self.add_child("all", top, "")
-        member_of: Dict[str, List[str]] = {name: [] for name in self.hosts}
-        for group in self.groups.values():
-            for name in group.hosts:
-                member_of[name] += [group.name] + self._ancestors(group.name)
-        if not member_of:
-            raise InventoryError(path, "no hosts: the inventory defines no host in any group")
-        entries = []
-        for name, host_vars in self.hosts.items():
-            groups = set(member_of[name]) | {"all"}
-            if groups - {"all", "ungrouped"}:   # Ansible: 'ungrouped' only holds the groupless
-                groups.discard("ungrouped")
-            else:
-                groups.add("ungrouped")
-            merged: Dict[str, Origin] = {}
-            for group_name in sorted(groups, key=self._rank):
-                merged.update(self.groups[group_name].vars)
-            merged.update(host_vars)
-            entries.append(_Entry(name, self._settings(name, merged), tuple(sorted(groups)),
-                                  f"host {name}"))
-        return entries
-
-    def _ancestors(self, name: str) -> List[str]:
+    def ancestors(self, name: str) -> List[str]:
         found: List[str] = []
         for parent in self.groups[name].parents:
-            found += [parent] + self._ancestors(parent)
+            found += [parent] + self.ancestors(parent)
+        return found
+
+    def _reconcile(self) -> None:
+        """As ansible-core does after parsing: top groups under all; 'ungrouped' holds exactly
+        the hosts in no other group."""
+        for name in list(self.groups):
+            if name != "all" and not self.groups[name].parents:
+                self.add_child("all", name, "")
+        ungrouped = self.groups["ungrouped"].hosts
+        for host in self.hosts:
+            groups = self._direct_groups(host)
+            if "ungrouped" in groups and set(groups) - {"all", "ungrouped"}:
+                ungrouped.remove(host)
+            elif not set(groups) - {"all"}:
+                ungrouped.append(host)
+
+    def _direct_groups(self, host: str) -> List[str]:
+        return [g.name for g in self.groups.values() if host in g.hosts]
+
+    # ---------------------------------------------------------------- results
+
+    def members(self) -> Members:
+        """Each group's hosts in ansible-core's order: its own, then its children's level by
+        level (the order --limit subscripts index)."""
+        found: Members = {}
+        for name in self.groups:
+            order, level, seen = [name], list(self.groups[name].children), {name}
+            while level:
+                order += [g for g in level if g not in seen]
+                seen |= set(level)
+                level = [c for g in level for c in self.groups[g].children if c not in seen]
+            hosts: List[str] = []
+            for group in order:
+                hosts += [h for h in self.groups[group].hosts if h not in hosts]
+            found[name] = hosts
         return found
 
     def _depth(self, name: str) -> int:
         parents = self.groups[name].parents
         return 1 + max(map(self._depth, parents)) if parents else 0
 
-    def _rank(self, name: str) -> Tuple[int, int, str]:
-        """Ansible's group order: deeper (nearer the host) later, then priority, then name."""
-        priority = self.groups[name].vars.get("ansible_group_priority", (1, ""))[0]
-        return self._depth(name), priority if isinstance(priority, int) else 1, name
-
-    def _settings(self, host: str, merged: Dict[str, Origin]) -> Dict[str, Any]:
-        passwords = sorted(k for k in merged if "pass" in k and k.startswith("ansible_"))
-        if passwords:
-            log.warning("%s: ignoring %s of %s: antnest logs in with SSH keys or ssh-agent only",
-                        self.path, ", ".join(passwords), host)
-        settings: Dict[str, Any] = {}
-        for field_name, check, names in _ANSIBLE_VARS:
-            found = [n for n in names if n in merged]
-            if not found:
-                continue
-            value, key = merged[found[-1]]
-            if isinstance(value, _Vaulted):
-                raise InventoryError(self.path, f"encrypted with ansible-vault, which antnest "
-                                     f"cannot decrypt (host {host}); put the plain value here "
-                                     "or in ~/.ssh/config", key)
-            if isinstance(value, str) and "{{" in value:
-                raise InventoryError(self.path, f"{value!r} is a Jinja template, which antnest "
-                                     f"does not evaluate (host {host}); write the value", key)
-            if field_name == "python" and value in _PYTHON_AUTO:
-                continue
-            if field_name in ("port", "procs") and str(value).strip().isdigit():
-                value = int(value)                  # "2222" from a YAML string
-            elif check is _text and isinstance(value, (int, float)):
-                value = str(value)                  # ansible_user=1000 read as a number
+    def entries(self) -> List[_Entry]:
+        """Hosts in order of first appearance, each with the variables that win for it."""
+        self._reconcile()
+        if not self.hosts:
+            raise InventoryError(self.source, "no hosts: the inventory defines no host in any "
+                                 "group")
+        entries = []
+        for name in self.hosts:
+            groups = set()
+            for group in self._direct_groups(name):
+                groups |= {group, *self.ancestors(group)}
+            ranked = sorted(groups - {"all"}, key=lambda g: (self._depth(g),
+                                                             self.groups[g].priority, g))
+            merged: Dict[str, Origin] = {}   # ansible-core's order, nearest last:
+            merged.update(self.groups["all"].vars)
+            merged.update(self.groups["all"].file_vars)
+            for group in ranked:
+                merged.update(self.groups[group].vars)
+            for group in ranked:
+                merged.update(self.groups[group].file_vars)
+            merged.update(self.hosts[name])
+            merged.update(self.host_files.get(name, {}))
             try:
-                settings[field_name] = check(value)
-            except _Bad as bad:
-                raise InventoryError(self.path, f"{bad} (host {host})", key) from None
-        return settings
+                settings, refusal = settings_of(name, merged), None
+            except Refusal as bad:
+                settings, refusal = {}, (bad.problem, bad.key)
+            entry = _Entry(name, settings, tuple(sorted(groups | {"all"})), f"host {name}")
+            entry.refusal = refusal
+            entries.append(entry)
+        return entries
 
+
+# --------------------------------------------------------------------------- sources
+
+def read_ansible(source: str) -> Tuple[List[_Entry], Members]:
+    """An ``-i`` source as ansible-core reads it: a file or a directory of them, then the
+    group_vars/ and host_vars/ beside the file (or inside the directory)."""
+    inventory = AnsibleInventory(source)
+    if os.path.isdir(source):
+        _read_directory(inventory, source)
+    else:
+        _read_file(inventory, source)
+    _read_vars_dirs(inventory, source if os.path.isdir(source) else os.path.dirname(source))
+    entries = inventory.entries()
+    return entries, inventory.members()
+
+
+def _read_directory(inventory: AnsibleInventory, path: str) -> None:
+    for name in sorted(os.listdir(path)):
+        if _IGNORED.search(name):
+            continue
+        full = os.path.join(path, name)
+        if os.path.isdir(full):
+            _read_directory(inventory, full)
+        else:
+            _read_file(inventory, full)
+
+
+def _text_of(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise InventoryError(path, f"cannot read the inventory: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InventoryError(path, "not a text file (expected UTF-8 YAML or INI)") from exc
+    if text.lstrip().startswith("$ANSIBLE_VAULT;"):
+        raise InventoryError(path, VAULTED)
+    return text
+
+
+def _read_file(inventory: AnsibleInventory, path: str, text: Optional[str] = None) -> None:
+    """YAML first for .yml/.yaml/.json and extensionless files, INI otherwise or when the
+    text is not a YAML inventory, as ansible-core's plugins take turns."""
+    inventory.path = path
+    text = _text_of(path) if text is None else text
+    if text.startswith("#!") and os.access(path, os.X_OK):
+        raise InventoryError(path, "an executable script: Ansible runs it as a dynamic "
+                             "inventory; antnest does not run scripts (save its --list output "
+                             "as a YAML file)")
+    extension = os.path.splitext(path)[1]
+    if extension == ".toml":
+        raise InventoryError(path, "TOML inventories are not read; use YAML or INI")
+    if extension in _YAML_EXTS:
+        data = _load_yaml(text, path)
+        if isinstance(data, dict) and data:
+            if data.get("plugin"):
+                raise InventoryError(path, f"an inventory plugin configuration (plugin: "
+                                     f"{data['plugin']}): antnest does not run inventory "
+                                     "plugins; save ansible-inventory --list -y as a file")
+            return _ansible_yaml(inventory, data)
+    _ansible_ini(inventory, text)
+
+
+def _load_yaml(text: str, path: str) -> Any:
+    """The YAML data, or None for INI; broken YAML that starts like YAML is reported as such."""
+    yaml, loader = _yaml()
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        first = next((line for line in text.splitlines()
+                      if line.strip() and line.strip()[0] not in "#;"), "")
+        if not re.match(r"^(---|\{|[^\s=\[]+:\s*$|[^\s=\[]+:\s+\S)", first):
+            return None
+        mark = getattr(exc, "problem_mark", None)
+        raise InventoryError(path, f"not valid YAML: {getattr(exc, 'problem', None) or exc}",
+                             f"line {mark.line + 1}" if mark else None) from exc
+
+
+def _read_vars_dirs(inventory: AnsibleInventory, base: str) -> None:
+    """group_vars/<group> and host_vars/<host>: a file named so (no extension, .yml, .yaml,
+    .json: the first that exists), or a directory of such files read in name order."""
+    for subdir, names, store in (
+            ("group_vars", list(inventory.groups),
+             lambda n: inventory.groups[n].file_vars),
+            ("host_vars", list(inventory.hosts),
+             lambda n: inventory.host_files.setdefault(n, {}))):
+        folder = os.path.join(os.path.realpath(base or "."), subdir)
+        if not os.path.isdir(folder):
+            continue
+        for name in names:
+            if name.startswith(os.path.sep):
+                continue
+            for path in _vars_files(folder, name):
+                data = _vars_file(path)
+                target = store(name)
+                for key, value in data.items():
+                    target[str(key)] = (value, f"{os.path.relpath(path, base or '.')}: {key}")
+
+
+def _vars_files(folder: str, name: str) -> List[str]:
+    for ext in _YAML_EXTS:
+        path = os.path.join(folder, name + ext)
+        if os.path.exists(path):
+            return _dir_files(path) if os.path.isdir(path) else [path]
+    return []
+
+
+def _dir_files(folder: str) -> List[str]:
+    found: List[str] = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith(".") or name.endswith("~"):
+            continue
+        path, ext = os.path.join(folder, name), os.path.splitext(name)[1]
+        if os.path.isdir(path) and not ext:
+            found += _dir_files(path)
+        elif os.path.isfile(path) and ext in _YAML_EXTS:
+            found.append(path)
+    return found
+
+
+def _vars_file(path: str) -> Dict[Any, Any]:
+    text = _text_of(path)
+    yaml, loader = _yaml()
+    try:
+        data = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InventoryError(path, f"not valid YAML: {getattr(exc, 'problem', None) or exc}",
+                             f"line {mark.line + 1}" if mark else None) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InventoryError(path, f"a vars file must be a mapping of variables, not "
+                             f"{type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------- host ranges
 
 def _expand_ranges(pattern: str) -> List[str]:
-    """Ansible host ranges: ``node[01:20]`` (zero padded), ``db-[a:c]``, ``n[0:10:2]`` (step)."""
-    match = re.search(r"\[([^\]:]*):([^\]:]+)(?::([^\]:]+))?\]", pattern)
-    if not match:
+    """Ansible host ranges: ``node[01:20]`` (zero padded), ``db-[a:c]``, ``n[0:10:2]`` (step).
+
+    Bounds are zero padded only when the start has a leading zero and more than one digit
+    (``[0:10]`` is 0..10, ``[00:10]`` is 00..10); a padded start must be as wide as the end.
+    """
+    match = re.search(r"\[([^\]]*)\]", pattern)
+    if not match or ":" not in match.group(1):
         return [pattern]
     head, tail = pattern[:match.start()], pattern[match.end():]
-    begin, end, step_text = match.group(1) or "0", match.group(2), match.group(3) or "1"
+    bounds = match.group(1).split(":")
+    if len(bounds) not in (2, 3):
+        raise _Bad(f"range {match.group(0)!r} must be [begin:end] or [begin:end:step]")
+    begin, end = bounds[0] or "0", bounds[1]
+    if not end:
+        raise _Bad(f"range {match.group(0)!r} needs an end value")
+    step_text = bounds[2] if len(bounds) == 3 else "1"
     if not step_text.isdigit() or int(step_text) < 1:
         raise _Bad(f"range {match.group(0)!r}: the step must be a whole number of at least 1")
     step = int(step_text)
-    if begin.isdigit() and end.isdigit():
-        if begin.startswith("0") and len(begin) != len(end):
-            raise _Bad(f"range {match.group(0)!r}: zero padded bounds must have equal length")
-        width = len(begin) if begin.startswith("0") else 0
-        values = [str(i).zfill(width) for i in range(int(begin), int(end) + 1, step)]
-    elif all(len(b) == 1 and b in string.ascii_letters for b in (begin, end)):
-        letters = string.ascii_letters
+    width = len(begin) if begin[0] == "0" and len(begin) > 1 else 0
+    if width and width != len(end):
+        raise _Bad(f"range {match.group(0)!r}: zero padded bounds must have equal length")
+    letters = string.ascii_letters
+    if begin in letters and end in letters and len(begin) == len(end) == 1:
+        if letters.index(begin) > letters.index(end):
+            raise _Bad(f"range {match.group(0)!r}: its start is after its end")
         values = list(letters[letters.index(begin):letters.index(end) + 1:step])
+    elif begin.isdigit() and end.isdigit():
+        values = [str(i).zfill(width) for i in range(int(begin), int(end) + 1, step)]
     else:
         raise _Bad(f"range {match.group(0)!r} is neither [01:20] nor [a:c]")
-    if not values:
-        raise _Bad(f"range {match.group(0)!r} is empty: its start is after its end")
-    return [head + value + rest for value in values for rest in _expand_ranges(tail)]
+    return [name for value in values for name in _expand_ranges(head + value + tail)]
 
 
-def _ansible_yaml(data: Mapping[Any, Any], path: str) -> _Ansible:
+# --------------------------------------------------------------------------- YAML
+
+def _ansible_yaml(inventory: AnsibleInventory, data: Mapping[Any, Any]) -> None:
     """Ansible's YAML inventory: every top-level key is a group (usually just ``all``)."""
-    inventory = _Ansible(path)
 
-    def group(name: Any, body: Any, where: str, parent: Optional[str]) -> None:
-        this = inventory.group(name, where).name
-        if parent:
-            inventory.add_child(parent, this, where)
+    def group(name: Any, body: Any, where: str) -> Optional[str]:
+        if body is not None and not isinstance(body, dict):
+            log.warning("%s: skipping %s: not a group (a mapping with hosts:, children:, "
+                        "vars:)", inventory.path, where)
+            return None
+        this = inventory.group(name, where)
         if body is None:
-            return
-        if not isinstance(body, dict):
-            raise InventoryError(path, f"a group must be a mapping with hosts:, children: or "
-                                 f"vars:, not {_show(body)}", where)
-        for key in body:
-            if key not in ("hosts", "children", "vars"):
-                raise InventoryError(path, "a group holds only hosts:, children: and vars: "
-                                     "(is this a host? put it under hosts:)", f"{where}.{key}")
-        for key, value in _mapping(body.get("vars"), path, f"{where}.vars").items():
-            inventory.groups[this].vars[str(key)] = (value, f"{where}.vars.{key}")
-        for pattern, host_vars in _mapping(body.get("hosts"), path, f"{where}.hosts").items():
-            host_where = f"{where}.hosts.{pattern}"
-            own = _mapping(host_vars, path, host_where)
-            inventory.add_host(this, pattern, {str(k): (v, f"{host_where}.{k}")
-                                               for k, v in own.items()}, host_where)
-        for child, child_body in _mapping(body.get("children"), path,
-                                          f"{where}.children").items():
-            group(child, child_body, f"{where}.children.{child}", this)
+            return this
+        for section in ("vars", "children", "hosts"):
+            if isinstance(body.get(section), str):
+                body = {**body, section: {body[section]: None}}
+            elif not isinstance(body.get(section), (dict, type(None))):
+                raise inventory.fail(f"{section}: must be a mapping (name: ...), not "
+                                     f"{type(body[section]).__name__}", f"{where}.{section}")
+        for key, value in body.items():
+            at = f"{where}.{key}"
+            if not isinstance(value, (dict, type(None))):
+                log.warning("%s: skipping %s: not a mapping", inventory.path, at)
+            elif value is None:
+                continue
+            elif key == "vars":
+                for var, var_value in value.items():
+                    inventory.set_group_var(this, var, var_value, f"{at}.{var}")
+            elif key == "children":
+                for child, child_body in value.items():
+                    sub = group(child, child_body, f"{at}.{child}")
+                    if sub is not None:
+                        inventory.add_child(this, sub, f"{at}.{child}")
+            elif key == "hosts":
+                for pattern, host_vars in value.items():
+                    host_at = f"{at}.{pattern}"
+                    if host_vars is not None and not isinstance(host_vars, dict):
+                        raise inventory.fail(f"host variables must be a mapping, not "
+                                             f"{type(host_vars).__name__}", host_at)
+                    inventory.add_hosts(this, pattern, host_vars or {}, host_at,
+                                        lambda k, h=host_at: f"{h}.{k}")
+            else:
+                log.warning("%s: skipping %s: a group holds only hosts:, children: and vars: "
+                            "(is this a host? put it under hosts:)", inventory.path, at)
+        return this
 
     for name, body in data.items():
-        group(name, body, str(name), None)
-    return inventory
+        group(name, body, str(name))
 
 
-def _mapping(value: Any, path: str, where: str) -> Dict[Any, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InventoryError(path, f"must be a mapping (name: ...), not {_show(value)}", where)
-    return value
+# --------------------------------------------------------------------------- INI
 
-
-_INI_SECTION = re.compile(r"^\[([^:\]\s]+)(?::(\w+))?\]\s*(?:[#;].*)?$")
-
-
-def _ansible_ini(text: str, path: str) -> _Ansible:
+def _ansible_ini(inventory: AnsibleInventory, text: str) -> None:
     """Ansible's INI inventory; hosts above the first section are ungrouped."""
-    inventory = _Ansible(path)
-    group, kind = "ungrouped", "hosts"
+    group, state = "ungrouped", "hosts"
+    pending: Dict[str, Tuple[str, str, List[str]]] = {}   # group -> (state, line, parents)
     for number, raw in enumerate(text.splitlines(), 1):
         line, where = raw.strip(), f"line {number}"
         if not line or line[0] in "#;":
             continue
-        if line.startswith("["):
-            section = _INI_SECTION.match(line)
-            if not section or (section.group(2) or "hosts") not in ("hosts", "vars", "children"):
-                raise InventoryError(path, f"{line!r} is not [group], [group:vars] or "
+        section = _INI_SECTION.match(line)
+        if section:
+            state = section.group(2) or "hosts"
+            if state not in ("hosts", "vars", "children"):
+                raise inventory.fail(f"{line!r} is not [group], [group:vars] or "
                                      "[group:children]", where)
-            group, kind = inventory.group(section.group(1), where).name, section.group(2) or "hosts"
+            name = section.group(1)
+            if name not in inventory.groups and state == "vars" and name not in pending:
+                pending[name] = ("vars", where, [])
+            group = inventory.group(name, where)
+            if group in pending and state != "vars":
+                if pending[group][0] == "children":
+                    _add_pending(inventory, group, pending)
+                else:
+                    del pending[group]
             continue
-        if kind == "vars":
+        if line.startswith("[") and line.endswith("]"):
+            raise inventory.fail(f"{line!r} is not a section: no spaces or other characters "
+                                 "in [group], [group:vars], [group:children]", where)
+        if state == "vars":
             key, equals, value = line.partition("=")
-            if not equals or not key.strip():
-                raise InventoryError(path, f"{line!r} is not key=value", where)
-            inventory.groups[group].vars[key.strip()] = (_ini_value(value.strip()),
-                                                         f"{where}: {key.strip()}")
-            continue
-        try:
-            tokens = shlex.split(line, comments=True)
-        except ValueError as exc:
-            raise InventoryError(path, f"cannot split {line!r}: {exc}", where) from None
-        if kind == "children":
-            if len(tokens) != 1:
-                raise InventoryError(path, f"{line!r}: one group name per line in "
-                                     "[group:children]", where)
-            inventory.add_child(group, inventory.group(tokens[0], where).name, where)
-            continue
-        host_vars: Dict[str, Origin] = {}
-        for token in tokens[1:]:
-            key, equals, value = token.partition("=")
-            if not equals or not key:
-                raise InventoryError(path, f"{token!r} is not key=value", where)
-            host_vars[key] = (_ini_value(value), f"{where}: {key}")
-        inventory.add_host(group, tokens[0], host_vars, where)
-    return inventory
+            if not equals:
+                raise inventory.fail(f"{line!r} is not key=value", where)
+            inventory.set_group_var(group, key.strip(), _ini_value(value.strip()),
+                                    f"{where}: {key.strip()}")
+        elif state == "children":
+            child = _INI_CHILD.match(line)
+            if not child:
+                raise inventory.fail(f"{line!r}: one group name per line in [group:children]",
+                                     where)
+            name = child.group(1)
+            if name in inventory.groups:
+                inventory.add_child(group, name, where)
+            elif name in pending:
+                pending[name][2].append(group)
+            else:
+                pending[name] = ("children", where, [group])
+        else:
+            _ini_host_line(inventory, group, line, where)
+    for name, (state, where, parents) in pending.items():
+        if state == "vars":
+            raise inventory.fail(f"[{name}:vars] is for a group that is never defined", where)
+        raise inventory.fail(f"[{parents[-1]}:children] names the group {name!r}, which is "
+                             f"never defined (add a [{name}] section)", where)
+
+
+def _add_pending(inventory: AnsibleInventory, group: str,
+                 pending: Dict[str, Tuple[str, str, List[str]]]) -> None:
+    _, where, parents = pending.pop(group)
+    for parent in parents:
+        inventory.add_child(parent, group, where)
+        if parent in pending and pending[parent][0] == "children":
+            _add_pending(inventory, parent, pending)
+
+
+def _ini_host_line(inventory: AnsibleInventory, group: str, line: str, where: str) -> None:
+    try:
+        tokens = shlex.split(line, comments=True)
+    except ValueError as exc:
+        raise inventory.fail(f"cannot split {line!r}: {exc}", where) from None
+    host_vars: Dict[str, Any] = {}
+    for token in tokens[1:]:
+        key, equals, value = token.partition("=")
+        if not equals:
+            raise inventory.fail(f"{token!r} is not key=value", where)
+        host_vars[key] = _ini_value(value)
+    inventory.add_hosts(group, tokens[0], host_vars, where, lambda k: f"{where}: {k}")
 
 
 def _ini_value(text: str) -> Any:
-    """Like Ansible: Python literals (``2222``, ``'x'``) are read as such, anything else is text."""
+    """Like Ansible: a Python literal (``2222``, ``0x10``, ``'x'``, ``None``) is read as one,
+    anything else is text. Python's own warnings about odd literals stay quiet."""
     try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
         return text
-    return value if isinstance(value, (str, int, float)) else text
-
-
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    if isinstance(value, complex) or value is Ellipsis:
+        return str(value) if value is not Ellipsis else "..."
+    return value

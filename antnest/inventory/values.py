@@ -33,6 +33,7 @@ class _Entry:
     settings: Dict[str, Any]   # Host field names -> validated values; absent = not set
     groups: Tuple[str, ...]
     key: str                   # where the host is defined, for messages
+    refusal: Optional[Tuple[str, str]] = None   # (problem, key): unusable, if ever selected
 
 
 def _show(value: Any) -> str:
