@@ -498,7 +498,8 @@ def _ini_value(text: str) -> Any:
     anything else is text. Python's own warnings about odd literals stay quiet."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", SyntaxWarning)      # '1if', '0x1for'
+            warnings.simplefilter("ignore", DeprecationWarning)  # '\\d' before Python 3.12
             value = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
         return text
