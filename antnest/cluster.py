@@ -13,11 +13,12 @@ import sysconfig
 import threading
 import time
 from concurrent.futures import Executor, Future
-from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
+                    Optional, Sequence, Tuple, Union)
 
 import cloudpickle
 
-from antnest import bootstrap
+from antnest import bootstrap, environment
 from antnest import inventory as inventory_module
 from antnest import job as job_module
 from antnest.errors import (
@@ -54,10 +55,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEFAULT_FORKS = 16    # hosts connecting at once (--forks)
 KEEPALIVE = 5.0       # seconds between PINGs to idle runners
 MONITOR_EVERY = 0.25  # seconds between straggler checks
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+class _NotShared:
+    """map(..., shared=) not given (None is a value one may share)."""
+
+    def __repr__(self) -> str:
+        return "NOT_SHARED"
+
+
+NOT_SHARED: Any = _NotShared()
 
 
 class Cluster(Executor):
@@ -84,9 +96,23 @@ class Cluster(Executor):
         task_timeout: Optional[float] = None,
         keep_going: bool = False,
         speculate: bool = True,
+        env: Optional[Mapping[str, str]] = None,
+        workdir: Optional[str] = None,
+        initializer: Optional[Callable[..., Any]] = None,
+        initargs: Tuple[Any, ...] = (),
+        forks: int = DEFAULT_FORKS,
     ) -> None:
         if retries < 0 or max_lost < 0:
             raise UsageError("retries and max_lost must be 0 or more")
+        if forks < 1:
+            raise UsageError("forks must be at least 1")
+        self.env = dict(env or {})
+        for name in self.env:
+            environment.check_name(name, "env")
+        self.workdir = workdir
+        self.forks = threading.BoundedSemaphore(forks)
+        self._initializer = None if initializer is None else cloudpickle.dumps(
+            (_ship(initializer), tuple(initargs)), protocol=5)
         if task_timeout is not None and task_timeout <= 0:
             raise UsageError("task_timeout must be a positive number of seconds")
         self.policy = Policy(retries=retries, max_lost=max_lost, task_timeout=task_timeout,
@@ -122,6 +148,71 @@ class Cluster(Executor):
         threading.Thread(target=self._monitor, name="antnest-monitor", daemon=True).start()
 
     # -- hosts -----------------------------------------------------------------------------
+    def runner_options(self, host: Host) -> Dict[str, Any]:
+        """What every runner of `host` is told before any user code: env, workdir, initializer."""
+        options: Dict[str, Any] = {}
+        env = environment.host_env(host, self.env)
+        if env:
+            options["env"] = env
+        workdir = environment.host_workdir(host, self.workdir)
+        if workdir:
+            options["workdir"] = workdir
+        if self._initializer is not None:
+            options["initializer"] = self._initializer
+        return options
+
+    def on_each_host(self, fn: Callable[..., Any], /, *args: Any,
+                     **kwargs: Any) -> Dict[str, Any]:
+        """fn(*args, **kwargs) once on one runner of every host: {host name: result}. A host
+        that failed, is lost, or whose call raised maps to that exception (nothing is raised).
+        Waits for every host to finish starting first."""
+        self._check_open()
+        self.wait_for_hosts()
+        results: Dict[str, Any] = {}
+        pending: Dict[str, Tuple[HostGroup, FutureCall, Future]] = {}
+        calls: List[FutureCall] = []
+        apply = _apply(fn)
+        for group in self._groups:
+            if group.state.state != "connected":
+                results[group.name] = group.error or self.host_errors.get(group.name) or \
+                    HostError(group.name, group.state.error or f"host is {group.state.state}",
+                              status=group.state.state)
+                continue
+            call = FutureCall(self.scheduler, apply, name=f"on_each_host({_name(fn)})")
+            call.host = group.name
+            call.policy = dataclasses.replace(call.policy, retries=0)
+            self.scheduler.add_call(call)
+            with self.scheduler.cond:
+                future = call.add((args, kwargs))
+            pending[group.name] = (group, call, future)
+            calls.append(call)
+        self.scheduler.pump()
+        try:
+            while pending:
+                for name, (group, call, future) in list(pending.items()):
+                    if future.done():
+                        error = future.exception()
+                        results[name] = future.result() if error is None else error
+                        del pending[name]
+                    elif group.state.state not in ("connected", "connecting"):
+                        error = group.error or HostError(
+                            name, group.state.error or group.last_loss or
+                            f"host is {group.state.state}", status=group.state.state)
+                        with self.scheduler.cond:
+                            call.fail(error)
+                            call.error = error
+                if pending:
+                    with self.scheduler.cond:
+                        self.scheduler.cond.wait(0.2)
+        finally:
+            with self.scheduler.cond:
+                for _, call, _ in pending.values():
+                    call.fail(AntnestError("on_each_host() was interrupted"))
+                for call in calls:
+                    call.error = call.error or AntnestError("on_each_host() has ended")
+                    self.scheduler.forget(call)
+        return {group.name: results[group.name] for group in self._groups}
+
     def _wait_for_first_worker(self) -> None:
         sched = self.scheduler
         with sched.cond:
@@ -195,24 +286,30 @@ class Cluster(Executor):
         return future
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
-            chunksize: int = 1) -> Iterator[Any]:
+            chunksize: int = 1, shared: Any = NOT_SHARED) -> Iterator[Any]:
         """Like Executor.map, but lazy: inputs are read as runners free up, memory stays bounded.
-        `chunksize` is accepted for compatibility; batch sizes adapt on their own."""
+        `chunksize` is accepted for compatibility; batch sizes adapt on their own. With
+        `shared=obj`, each call is fn(*args, obj) and obj travels once per runner, with fn."""
         self._check_open()
         if not iterables:
             raise TypeError("map() needs at least one iterable")
-        call = OrderedCall(self.scheduler, _star(fn), zip(*iterables), name=_name(fn))
+        call = OrderedCall(self.scheduler, _star(fn, shared), zip(*iterables), name=_name(fn))
         return self._results(call, timeout)
 
-    def imap(self, fn: Callable[[Any], Any], iterable: Iterable[Any]) -> Iterator[Any]:
-        """fn(item) for each item, in order, lazily (multiprocessing.Pool.imap)."""
+    def imap(self, fn: Callable[..., Any], iterable: Iterable[Any], *,
+             shared: Any = NOT_SHARED) -> Iterator[Any]:
+        """fn(item) for each item, in order, lazily (multiprocessing.Pool.imap); with
+        `shared=obj`, fn(item, obj), obj sent once per runner."""
         self._check_open()
-        return self._results(OrderedCall(self.scheduler, _ship(fn), iterable, name=_name(fn)), None)
+        return self._results(OrderedCall(self.scheduler, _with_shared(fn, shared), iterable,
+                                         name=_name(fn)), None)
 
-    def imap_unordered(self, fn: Callable[[Any], Any], iterable: Iterable[Any]) -> Iterator[Any]:
-        """fn(item) for each item, as results arrive, lazily."""
+    def imap_unordered(self, fn: Callable[..., Any], iterable: Iterable[Any], *,
+                       shared: Any = NOT_SHARED) -> Iterator[Any]:
+        """fn(item) for each item, as results arrive, lazily; `shared` as for imap."""
         self._check_open()
-        return self._results(UnorderedCall(self.scheduler, _ship(fn), iterable, name=_name(fn)), None)
+        return self._results(UnorderedCall(self.scheduler, _with_shared(fn, shared), iterable,
+                                           name=_name(fn)), None)
 
     def _results(self, call: OrderedCall, timeout: Optional[float]) -> Iterator[Any]:
         timer = None
@@ -249,9 +346,10 @@ class Cluster(Executor):
 
             feed = JournalFeed(journal, plan.items)
             call: OrderedCall = _JournaledCall(self.scheduler, plan.processor, feed.pending(),
-                                               name=job.name, feed=feed)
+                                               name=job.name, feed=feed, setup=plan.setup)
         else:
-            call = OrderedCall(self.scheduler, plan.processor, plan.items, name=job.name)
+            call = OrderedCall(self.scheduler, plan.processor, plan.items, name=job.name,
+                               setup=plan.setup)
         self.job_call = call
         self.job_feed = feed
         self.job_total = total
@@ -464,13 +562,29 @@ def _ship(fn: Callable) -> Callable:
     return fn
 
 
-def _star(fn: Callable) -> Callable[[tuple], Any]:
+def _star(fn: Callable, shared: Any = NOT_SHARED) -> Callable[[tuple], Any]:
     fn = _ship(fn)
+    if shared is NOT_SHARED:
+        def call_with_arguments(args: tuple) -> Any:
+            return fn(*args)
 
-    def call_with_arguments(args: tuple) -> Any:
-        return fn(*args)
+        return call_with_arguments
 
-    return call_with_arguments
+    def call_with_shared(args: tuple) -> Any:  # `shared` is pickled once, inside this closure
+        return fn(*args, shared)
+
+    return call_with_shared
+
+
+def _with_shared(fn: Callable, shared: Any) -> Callable[[Any], Any]:
+    fn = _ship(fn)
+    if shared is NOT_SHARED:
+        return fn
+
+    def call_with_shared(item: Any) -> Any:
+        return fn(item, shared)
+
+    return call_with_shared
 
 
 def _apply(fn: Callable) -> Callable[[tuple], Any]:

@@ -38,6 +38,7 @@ class Job:
     path: Optional[str] = None
     form: str = "modern"  # "original": the (self, ...) signatures of the first antnest
     digest: str = field(default="", repr=False)  # of the job source: journals check it
+    setup: Optional[Callable[[], Any]] = None  # once per runner before its first taskunit
 
     def plan(self, input: Any = None, output: Optional[IO[str]] = None) -> "Plan":
         """How to run this job on `input` (a path, '-', an open file, or None for input_data)."""
@@ -55,6 +56,7 @@ class Plan:
     # True: `results` holds a placeholder with an `.error` (a TaskError) for each failed
     # taskunit, in its place, so a combine that indexes taskunits keeps them aligned.
     failures_inline: bool = False
+    setup: Optional[Callable[[], Any]] = None  # the job's setup(), run once per runner
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -154,11 +156,19 @@ def from_module(module: types.ModuleType, path: str = "<job>", digest: str = "")
         if count != -1 and count not in want[what]:
             raise JobFileError(path, f"{what}() takes {count} arguments; with a {form}-form "
                                      f"processor it must be {shape[what]}")
+    setup = ns.get("setup")
+    if setup is not None:
+        if not callable(setup):
+            raise JobFileError(path, "setup is not a function")
+        count = _positional_count(setup, path, "setup")
+        if count not in (0, -1):
+            raise JobFileError(path, f"setup() takes {count} arguments; it must take none "
+                                     "(it runs once per runner and sets module globals)")
     if form == "original" and split is None:
         split = _original_default_split
     return Job(processor=processor, split=split, combine=combine,
                input_data=ns.get("input_data"), name=os.path.basename(path), path=path,
-               form=form, digest=digest)
+               form=form, digest=digest, setup=setup)
 
 
 # -- input --------------------------------------------------------------------------------------
@@ -220,7 +230,8 @@ def _modern_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:
             return combine(results, failures) if wants_failures else combine(results)
 
     closer = handle.close if handle is not None and handle is not sys.stdin else (lambda: None)
-    return Plan(items=items, processor=job.processor, combine=run_combine, closer=closer)
+    return Plan(items=items, processor=job.processor, combine=run_combine, closer=closer,
+                setup=job.setup)
 
 
 # -- the original form --------------------------------------------------------------------------
@@ -292,7 +303,7 @@ def _original_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:
             return job.combine(owner)
 
     return Plan(items=taskunit_data(), processor=_with_self(job.processor), combine=run_combine,
-                failures_inline=True)
+                failures_inline=True, setup=job.setup)
 
 
 def _is_failure(value: Any) -> bool:

@@ -7,7 +7,11 @@ here too, so there is exactly one definition of the wire.
     ------                                     ---------------------------------
     stage 1: python3 -c '<loader>'   ───────▶  reads stage 2 from stdin, exec()s it in memory
                                      ◀───────  HELLO   {python, hostname, pid, cpus, ...}
-    JOB     (fn id, cloudpickled fn) ───────▶  unpickled once, kept by id
+    JOB     (fn id, cloudpickled fn) ───────▶  unpickled once, kept by id; the first JOB
+                                               (fn id None) carries the runner's options:
+                                               env, workdir, initializer
+                                     ◀───────  SETUP_FAILED (what, traceback)  then it exits:
+                                               a bad workdir, an initializer or setup() raised
     TASKS   (batch, fn id, [data])   ───────▶  queued; run in order by the main thread
                                      ◀───────  RESULTS (batch, offset, [value], {i: error}, secs)
                                      ◀───────  LOG     (batch, index, text)  print()/fd 1/fd 2
@@ -57,6 +61,7 @@ class Kind(object):
     PING = 7
     TIMEOUT = 8
     FATAL = 9
+    SETUP_FAILED = 10
 
     @classmethod
     def all(cls):
@@ -314,6 +319,7 @@ class _Runner(object):
         self.idle_timeout = None
         self.heartbeat = None
         self.master_python = "?"
+        self.set_by_init = {}  # {module name: {global: value}} an initializer/setup() set
         self.last_heard = time.monotonic()
         self._in = proto_in
         self.owning = None
@@ -389,13 +395,77 @@ class _Runner(object):
             if name in options:
                 setattr(self, name, options[name])
         if fn_id is None:
+            self._prepare(options)
             return
         try:
-            self.functions[fn_id] = pickle.loads(blob)
+            loaded = pickle.loads(blob)
         except BaseException:
             import traceback
 
             self.functions[fn_id] = _Unloadable(traceback.format_exc(), self.master_python)
+            return
+        if options.get("setup"):  # (processor, setup, args), pickled together: shared globals
+            loaded, setup, args = loaded
+            self._initialize("the job's setup()", setup, args)
+        self._adopt_globals(loaded)
+        self.functions[fn_id] = loaded
+
+    def _prepare(self, options):
+        """The runner's own options, before any user code: environment, directory, initializer."""
+        for name, value in options.get("env") or ():
+            os.environ[name] = value
+        workdir = options.get("workdir")
+        if workdir:
+            path = os.path.expanduser(workdir)
+            try:
+                os.chdir(path)
+            except OSError as exc:
+                self._setup_failed("workdir", "cannot change to the working directory %r: %s"
+                                   % (workdir, exc.strerror or exc))
+        init = options.get("initializer")
+        if init is not None:
+            try:
+                initializer, args = pickle.loads(init)
+            except BaseException:
+                import traceback
+
+                self._setup_failed("initializer", "the initializer could not be loaded on "
+                                   "this host:\n" + traceback.format_exc())
+            self._initialize("the initializer", initializer, args)
+
+    def _initialize(self, what, fn, args):
+        """Run an initializer once; the globals it sets reach functions loaded later."""
+        space = getattr(fn, "__globals__", None)
+        before = dict(space) if space is not None else {}
+        try:
+            fn(*args)
+        except BaseException as exc:
+            self._setup_failed(what, "%s raised:\n%s" % (what, _describe_error(exc, 1)[3]))
+        if space is not None:
+            changed = {k: v for k, v in space.items() if k not in before or before[k] is not v}
+            self.set_by_init.setdefault(space.get("__name__"), {}).update(changed)
+
+    def _adopt_globals(self, fn, depth=0):
+        """Functions pickled by value get fresh globals; give them (and the functions their
+        closures hold: antnest's wrappers) what an initializer set in their module."""
+        space = getattr(fn, "__globals__", None)
+        if space is None or not self.set_by_init or depth > 4:
+            return
+        values = self.set_by_init.get(space.get("__name__"))
+        if values:
+            space.update(values)
+        for cell in getattr(fn, "__closure__", None) or ():
+            try:
+                inner = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if inner is not fn:
+                self._adopt_globals(inner, depth + 1)
+
+    def _setup_failed(self, what, text):
+        self._flush_output()
+        self.writer.send(Kind.SETUP_FAILED, pickle.dumps((what, text)))
+        _exit_now(5)
 
     def _run_batch(self, payload):
         batch_id, fn_id, items = pickle.loads(payload)

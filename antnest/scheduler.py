@@ -207,11 +207,14 @@ class Call:
     """One stream of taskunits sharing a function: a job run, a map, or a set of submits."""
 
     def __init__(self, scheduler: "Scheduler", fn: Callable, items: Iterable = (),
-                 policy: Optional[Policy] = None, name: str = "") -> None:
+                 policy: Optional[Policy] = None, name: str = "",
+                 setup: Optional[Callable[[], Any]] = None) -> None:
         self.scheduler = scheduler
         self.policy = policy or scheduler.policy
         self.fn_id = next(_ids)
-        self.fn_blob = cloudpickle.dumps(fn, protocol=5)
+        # A job's setup() travels in the same pickle as its processor: they share globals.
+        self.setup = setup is not None
+        self.fn_blob = cloudpickle.dumps(fn if setup is None else (fn, setup, ()), protocol=5)
         self.name = name or getattr(fn, "__qualname__", repr(fn))
         self._input: Optional[Iterator] = iter(items)
         self._feeder: Optional[_Feeder] = None
@@ -227,6 +230,7 @@ class Call:
         self.sent_bytes_per_item = 0.0   # pickled input size
         self.inflight = 0            # items in batches not yet fully accepted
         self.input_error: Optional[BaseException] = None
+        self.host: Optional[str] = None  # set: only that host's runners take its taskunits
         self.durations: Deque[float] = collections.deque(maxlen=64)  # finished batches, s
 
     def tally(self, total: Optional[int] = None, resumed: int = 0) -> Tally:
@@ -634,7 +638,8 @@ class Scheduler:
                     added = True
                 if added:
                     touched.append(worker)
-                if batch is None and not self.requeued:
+                if batch is None and not self.requeued and \
+                        not any(call.host is not None for call in self.calls):
                     break  # no work for this worker means none for the others either
         for worker in touched:
             worker.flush_outbox()
@@ -644,13 +649,18 @@ class Scheduler:
             batch = self.requeued.popleft()
             if batch.call.error is not None:
                 continue
-            if worker.host_name in batch.avoid and self._someone_else_can(batch):
+            pinned = batch.call.host
+            if pinned is not None and pinned != worker.host_name or pinned is None and (
+                    worker.host_name in batch.avoid and self._someone_else_can(batch)):
                 self.requeued.append(batch)
                 continue
             return batch
         calls = self.calls
         for i in range(len(calls)):
-            taken = calls[(self._rr + i) % len(calls)].take()
+            call = calls[(self._rr + i) % len(calls)]
+            if call.host is not None and call.host != worker.host_name:
+                continue
+            taken = call.take()
             if taken is not None:
                 return taken
         return None
@@ -728,7 +738,8 @@ class Scheduler:
                 if not worker.inflight:
                     continue
                 batch = next(iter(worker.inflight.values()))
-                if batch.twins is not None or not batch.started or batch.call.error is not None:
+                if batch.twins is not None or not batch.started or batch.call.error is not None \
+                        or batch.call.host is not None:
                     continue
                 running = now - batch.started
                 timeout = batch.call.policy.task_timeout

@@ -72,6 +72,7 @@ class HostGroup:
         self.hello: Optional[dict] = None
         self.error: Optional[HostError] = None
         self.last_loss: Optional[str] = None
+        self.setup_error: Optional[HostError] = None  # a bad workdir, a raising initializer
 
     def start(self) -> None:
         """Boot every runner at once when the count is known; with procs=auto, boot one and
@@ -116,7 +117,8 @@ class HostGroup:
                 if reconnecting:
                     self.state.state = "connecting"
                 try:
-                    self.ssh.connect()
+                    with self.cluster.forks:  # at most --forks hosts connecting at once
+                        self.ssh.connect()
                 except HostError as exc:
                     if not reconnecting:
                         self.error = exc
@@ -125,6 +127,21 @@ class HostGroup:
                     self.state.state = "connected"
                     log.info("host %s: reconnected", self.name)
         return self.ssh.open_runner(label)
+
+    def setup_failed(self, error: HostError) -> None:
+        """A runner could not prepare itself (workdir, initializer, the job's setup()): every
+        runner of this host would fail the same way, so the host is out, with that error."""
+        with self.lock:
+            if self.setup_error is not None:
+                return
+            self.setup_error = error
+            self.error = error
+            self.state.state = "failed"
+            self.state.error = str(error)
+        self.cluster.host_failed(self, error)
+        for worker in self.workers:
+            if worker.proc is not None:
+                worker.abort(f"host {self.name}: {error.status}")
 
     def update_alive(self) -> None:
         with self.lock:
@@ -217,8 +234,10 @@ class Worker:
             try:
                 self._boot_or_host_error()
             except HostError as exc:
-                if self._stopping.is_set():  # the cluster closed while this runner booted
-                    self.scheduler.boot_failed()
+                if self._stopping.is_set() or self.group.setup_error is not None:
+                    self.scheduler.boot_failed()  # closing, or the host is out already
+                    self.gave_up = True
+                    self.group.update_alive()
                     return
                 failures += 1
                 self._boot_failed(exc, first, failures)
@@ -240,6 +259,11 @@ class Worker:
             self.accepting = False
             if self.proc is not None:
                 self.proc.kill()
+            if self.group.setup_error is not None:  # the same would happen again: give up
+                self.gave_up = True
+                self.scheduler.on_lost(self, reason, False, will_restart=False)
+                self.group.update_alive()
+                return
             stopping = self._stopping.is_set()
             if self.aborted:
                 log.info("%s: runner stopped (%s); starting a new one", self.label, reason)
@@ -296,7 +320,8 @@ class Worker:
         self.group.on_hello(self, hello)
         # Options every JOB would carry; sent once now so the watchdogs run from the start.
         options = {"heartbeat": HEARTBEAT, "idle_timeout": RUNNER_IDLE_TIMEOUT,
-                   "master_python": _python_version()}
+                   "master_python": _python_version(), **self.group.cluster.runner_options(
+                       self.group.host)}
         try:
             proc.send(encode(Kind.JOB, pickle.dumps((None, None, options),
                                                     protocol=self.pickle_protocol)))
@@ -329,6 +354,11 @@ class Worker:
                     sched.on_timeout(self, batch_id, index, elapsed)
                 elif kind == Kind.FATAL:
                     return f"runner failed: {payload.decode(errors='replace').strip()}", False
+                elif kind == Kind.SETUP_FAILED:
+                    what, text = pickle.loads(payload)
+                    self.group.setup_failed(BootstrapError(
+                        self.host_name, text.strip(), status=f"{what} failed"))
+                    return f"{what} failed", False
         except socket.timeout:
             return f"no word from the host for {format_seconds(DEAD_AFTER)}", False
         except link_errors() as exc:
@@ -371,7 +401,8 @@ class Worker:
                 try:
                     parts: tuple = ()
                     if call.fn_id not in self.loaded:
-                        options = {"task_timeout": call.policy.task_timeout}
+                        options = {"task_timeout": call.policy.task_timeout,
+                                   "setup": call.setup}
                         parts = frame(Kind.JOB, pickle.dumps(
                             (call.fn_id, call.fn_blob, options), protocol=self.pickle_protocol))
                         self.loaded.add(call.fn_id)
