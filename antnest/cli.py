@@ -17,6 +17,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 import antnest
 from antnest import errors
 from antnest.errors import format_seconds
+from antnest import exec as exec_command
+from antnest.cluster import DEFAULT_FORKS
+from antnest.environment import parse_env_options
 from antnest.journal import Journal, input_id
 from antnest.lock import RunLock
 from antnest.outfile import OutputFile
@@ -150,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     unattended.add_argument("--no-progress", dest="progress", action="store_false",
                             help="no progress output (default: a bar on a terminal, else a "
                                  "line every 30 s)")
+    _add_runner_options(run)
     _add_output_options(run)
 
     inv = commands.add_parser("inventory", help="print the hosts as antnest will use them",
@@ -166,7 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_host_options(check)
     check.add_argument("--json", action="store_true", help="print JSON")
     _add_output_options(check)
+    exec_command.add_parser(commands, _add_host_options, _add_output_options)
     return parser
+
+
+def _add_runner_options(parser: argparse.ArgumentParser) -> None:
+    """--env, --workdir, --forks, --dry-run for `antnest run` (the runners' surroundings)."""
+    where = parser.add_argument_group("runner environment")
+    where.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                       help="set NAME in every runner: this machine's value, or VALUE "
+                            "(repeatable; over the inventory's env:)")
+    where.add_argument("--workdir", metavar="DIR",
+                       help="runners chdir to DIR before any job code (over the inventory's "
+                            "workdir:); a missing DIR fails that host")
+    where.add_argument("--forks", type=int, default=DEFAULT_FORKS, metavar="N",
+                       help=f"at most N hosts connecting at once (default {DEFAULT_FORKS})")
+    where.add_argument("--dry-run", action="store_true",
+                       help="connect to nothing: print the hosts, the job, its first taskunits "
+                            "and what --resume would skip; exit 0 or 2")
 
 
 class _StderrFilter(logging.Filter):
@@ -230,6 +251,10 @@ def _cluster_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.dry_run:  # before the lock and the report: a dry run touches nothing
+        from antnest.dryrun import dry_run
+
+        return dry_run(args)
     lock = RunLock(args.lock) if args.lock else contextlib.nullcontext()
     with lock:  # first: a second run must not even load the job (LockedError: exit 75)
         if not args.report:
@@ -280,6 +305,7 @@ def _run(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> int:
         raise errors.UsageError("--resume needs --journal FILE")
     job = antnest.load(args.job)
     _one_host_source(args)
+    env = parse_env_options(args.env)
     log.info("start: job %s, input %s, hosts %s, pid %d", args.job,
              args.input or "input_data", args.inventory or args.hosts or "local", os.getpid())
     journal = None
@@ -299,6 +325,9 @@ def _run(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> int:
             task_timeout=args.task_timeout,
             keep_going=args.keep_going,
             speculate=args.speculate,
+            env=env,
+            workdir=args.workdir,
+            forks=args.forks,
             **_cluster_options(args),
         ) as cluster:
             if state is not None:
@@ -399,7 +428,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if all(row.ok for row in rows) else EXIT_NO_HOSTS
 
 
-COMMANDS: dict = {"run": cmd_run, "inventory": cmd_inventory, "check": cmd_check}
+def cmd_exec(args: argparse.Namespace) -> int:
+    return exec_command.main(args, _selected_hosts(args))
+
+
+COMMANDS: dict = {"run": cmd_run, "inventory": cmd_inventory, "check": cmd_check,
+                  "exec": cmd_exec}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -229,6 +229,26 @@ class Journal:
         return f"Journal({self.path!r}, done={len(self.done)}, recorded={self.recorded})"
 
 
+def peek(path: PathLike, job_digest: str, input_id: str) -> Optional[Dict[int, Tuple[str, Any]]]:
+    """What `--resume` would find, read without writing or locking (for `--dry-run`): the
+    finished taskunits, or None when there is no journal yet. UsageError when it would refuse."""
+    path = os.fspath(path)
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"journal {path}: {exc.strerror or exc}") from None
+    with handle:
+        header, done, _ = _load(path, handle)
+    if header is None:
+        return None
+    if header.get("job") != job_digest or header.get("input") != input_id:
+        raise UsageError(f"journal {path}: the job file or input changed since the journal was "
+                         "written; delete it or run without --resume")
+    return done
+
+
 def _load(path: str, handle: IO[bytes]) -> Tuple[Optional[Dict[str, Any]], Dict[int, Tuple[str, Any]], int]:
     """(header or None when there is none yet, entries, offset after the last good line)."""
     done: Dict[int, Tuple[str, Any]] = {}

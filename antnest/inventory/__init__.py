@@ -93,6 +93,8 @@ def describe(hosts: Iterable[Host]) -> List[Dict[str, Any]]:
             "connect_timeout": h.connect_timeout,
             "server_alive_interval": h.server_alive_interval,
             "groups": list(h.groups),
+            "env": dict(h.env),
+            "workdir": h.workdir,
             "source": h.source,
         }
         for h in hosts

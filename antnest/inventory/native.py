@@ -38,10 +38,18 @@ def _native(data: Mapping[Any, Any], path: str) -> List[_Entry]:
         own = _native_settings({k: v for k, v in raw.items() if k in _SETTINGS}, _SETTINGS,
                                path, where)
         groups = _native_value(_names, raw.get("groups", []), path, f"{where}.groups")
-        entries[name] = _Entry(name, _layer(defaults, own), groups, where)
-    for group, members in _native_groups(data.get("groups"), entries, path):
+        entries[name] = _Entry(name, own, groups, where)
+    group_settings: Dict[str, Dict[str, Any]] = {}
+    for group, members, settings in _native_groups(data.get("groups"), entries, path):
+        group_settings[group] = settings
         for name in members:
             entries[name].groups += (group,)
+    for entry in entries.values():  # defaults < its groups, in the file's order < the host
+        layered = defaults
+        for group in group_settings:
+            if group in entry.groups:
+                layered = _layer(layered, group_settings[group])
+        entry.settings = _layer(layered, entry.settings)
     return [_with_implicit_groups(e) for e in entries.values()]
 
 
@@ -80,17 +88,31 @@ def _names(value: Any) -> Tuple[str, ...]:
     return names
 
 
+_GROUP_SETTINGS = ("env", "workdir")
+"""What a native group may set for its hosts (as a mapping: {hosts: [...], env: {...}})."""
+
+
 def _native_groups(raw: Any, entries: Mapping[str, _Entry], path: str,
-                   ) -> List[Tuple[str, List[str]]]:
+                   ) -> List[Tuple[str, List[str], Dict[str, Any]]]:
+    """Each group as (name, members, settings): a list of host names, or a mapping with
+    ``hosts:`` and the settings its hosts get (env, workdir)."""
     if raw is None:
         return []
     if not isinstance(raw, dict):
         raise InventoryError(path, f"must map group names to lists of host names, not "
                              f"{_show(raw)}", "groups")
     result = []
-    for group, members in raw.items():
+    for group, body in raw.items():
         where = f"groups.{group}"
         _native_value(lambda g: _names([g]), group, path, where)
+        settings: Dict[str, Any] = {}
+        members = body
+        if isinstance(body, dict):
+            _check_keys(body, ("hosts",) + _GROUP_SETTINGS, path, where)
+            members = body.get("hosts", [])
+            settings = _native_settings({k: v for k, v in body.items() if k != "hosts"},
+                                        _GROUP_SETTINGS, path, where)
+            where += ".hosts"
         if not isinstance(members, list):
             raise InventoryError(path, f"must be a list of host names, not {_show(members)}",
                                  where)
@@ -98,7 +120,7 @@ def _native_groups(raw: Any, entries: Mapping[str, _Entry], path: str,
             if not isinstance(name, str) or name not in entries:
                 raise InventoryError(path, f"{name!r} is not a host in 'hosts:'",
                                      f"{where}[{i}]")
-        result.append((str(group), [str(m) for m in members]))
+        result.append((str(group), [str(m) for m in members], settings))
     return result
 
 

@@ -125,6 +125,7 @@ class _SshConfig:
             connect_timeout=settings.get("connect_timeout"),
             server_alive_interval=settings.get("server_alive_interval"),
             groups=groups, source=source,
+            env=settings.get("env", ()), workdir=settings.get("workdir"),
         )
 
     def _chain(self, hops: Tuple[Hop, ...], target: str, source: str, seen: Set[str],

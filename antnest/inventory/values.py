@@ -17,7 +17,7 @@ Hop = Tuple[Optional[str], str, Optional[int]]   # (user, host, port) of one Pro
 # --------------------------------------------------------------------------- shared values
 
 _SETTINGS = ("address", "port", "user", "python", "procs", "identity_file", "proxy_jump",
-            "proxy_command", "connect_timeout", "server_alive_interval")
+            "proxy_command", "connect_timeout", "server_alive_interval", "env", "workdir")
 """Keys an inventory may set, per host or in ``defaults``."""
 
 
@@ -107,6 +107,29 @@ def _proxy_jump(value: Any) -> Tuple[Hop, ...]:
     return tuple(_target(_text(hop)) for hop in hops)
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _env(value: Any) -> Tuple[Tuple[str, str], ...]:
+    """``env: {NAME: value}``: names as a shell accepts them; numbers and booleans as text."""
+    if not isinstance(value, dict):
+        raise _Bad(f"must be a mapping of variable names to values, like "
+                   f"'{{LANG: C.UTF-8}}', not {_show(value)}")
+    pairs = []
+    for name, item in value.items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise _Bad(f"{name!r} is not an environment variable name (letters, digits and _, "
+                       "not starting with a digit)")
+        if isinstance(item, bool):
+            item = "true" if item else "false"
+        elif isinstance(item, (int, float)):
+            item = str(item)
+        elif not isinstance(item, str):
+            raise _Bad(f"{name}: must be a string or a number, not {_show(item)}")
+        pairs.append((name, item))
+    return tuple(pairs)
+
+
 _CHECKS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {   # inventory key -> (Host field, check)
     "address": ("address", _text),
     "port": ("port", _port),
@@ -118,6 +141,8 @@ _CHECKS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {   # inventory key -> (H
     "proxy_command": ("proxy_command", _proxy_command),
     "connect_timeout": ("connect_timeout", _seconds),
     "server_alive_interval": ("server_alive_interval", lambda v: _seconds(v, strict=False)),
+    "env": ("env", _env),
+    "workdir": ("workdir", _text),
 }
 
 
@@ -197,6 +222,8 @@ def _layer(lower: Mapping[str, Any], upper: Mapping[str, Any]) -> Dict[str, Any]
         merged.pop("jump", None)
         merged.pop("proxy_command", None)
     merged.update(upper)
+    if "env" in lower and "env" in upper:  # variables add up, by name; the upper value wins
+        merged["env"] = tuple({**dict(lower["env"]), **dict(upper["env"])}.items())
     return merged
 
 

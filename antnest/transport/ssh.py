@@ -250,6 +250,21 @@ class SshConnection:
                                status="unreachable") from None
         return SshProcess(label, channel, self.host.python)
 
+    def open_command(self, command: str) -> paramiko.Channel:
+        """A plain exec channel running `command` in the login shell (`antnest exec`): no
+        runner, no pty, stdin closed at once so nothing can ever wait for input."""
+        if self._conn is None or not self.is_alive():
+            self.connect()
+        assert self._conn is not None
+        try:
+            channel = self._conn.transport.open_session(timeout=self.options.connect_timeout)
+            channel.exec_command(command)
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectError(self.host.name, f"cannot run a command: {exc}",
+                               status="unreachable") from None
+        return channel
+
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
