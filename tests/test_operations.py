@@ -378,3 +378,19 @@ def test_forks_caps_hosts_connecting_at_once(fleet: SshdFleet, fleet_inventory: 
     assert state["most"] == 1
     with pytest.raises(antnest.errors.UsageError):
         antnest.Cluster(forks=0)
+
+
+def test_a_jobs_shared_data_travels_once_per_runner(fleet: SshdFleet, tmp_path: Path,
+                                                    run_cli: Any) -> None:
+    inventory = fleet.write_inventory(tmp_path / "hosts.yaml", procs=1)
+    job = write_job(tmp_path, "import os\nshared_data = [0] * 100000\n\n"
+                              "def processor(item):\n    shared_data.append(item)\n"
+                              "    return '%d %d' % (os.getpid(), len(shared_data) - 100000)\n\n"
+                              "input_data = '\\n'.join(map(str, range(30)))\n")
+    done = run_cli("run", *fleet_args(fleet, inventory), job)
+    assert done.returncode == 0, done.stderr
+    by_runner: dict = {}
+    for line in done.stdout.splitlines():
+        pid, grown = line.split()
+        by_runner.setdefault(pid, []).append(int(grown))
+    assert any(max(sizes) > 1 for sizes in by_runner.values())  # one copy per runner, growing
