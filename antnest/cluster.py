@@ -12,7 +12,8 @@ import sys
 import sysconfig
 import threading
 import time
-from concurrent.futures import Executor, Future
+from concurrent.futures import FIRST_COMPLETED, Executor, Future
+from concurrent.futures import wait as futures_wait
 from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Sequence, Tuple, Union)
 
@@ -201,9 +202,9 @@ class Cluster(Executor):
                         with self.scheduler.cond:
                             call.fail(error)
                             call.error = error
-                if pending:
-                    with self.scheduler.cond:
-                        self.scheduler.cond.wait(0.2)
+                if pending:  # woken by a result; every 0.2 s also looks at the hosts' states
+                    futures_wait([entry[2] for entry in pending.values()], timeout=0.2,
+                                 return_when=FIRST_COMPLETED)
         finally:
             with self.scheduler.cond:
                 for _, call, _ in pending.values():
