@@ -18,7 +18,6 @@ import antnest
 from antnest import errors
 from antnest.errors import format_seconds
 from antnest import exec as exec_command
-from antnest.cluster import DEFAULT_FORKS
 from antnest.environment import parse_env_options
 from antnest.journal import Journal, input_id
 from antnest.lock import RunLock
@@ -183,8 +182,9 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--workdir", metavar="DIR",
                        help="runners chdir to DIR before any job code (over the inventory's "
                             "workdir:); a missing DIR fails that host")
-    where.add_argument("--forks", type=int, default=DEFAULT_FORKS, metavar="N",
-                       help=f"at most N hosts connecting at once (default {DEFAULT_FORKS})")
+    where.add_argument("--forks", type=int, metavar="N",
+                       help="at most N hosts connecting at once (default: an adaptive window "
+                            "of handshakes, 8 growing to 64)")
     where.add_argument("--dry-run", action="store_true",
                        help="connect to nothing: print the hosts, the job, its first taskunits "
                             "and what --resume would skip; exit 0 or 2")

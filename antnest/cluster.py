@@ -5,6 +5,7 @@ results stream into combine().
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FORKS = 16    # hosts connecting at once (--forks)
 KEEPALIVE = 5.0       # seconds between PINGs to idle runners
 MONITOR_EVERY = 0.25  # seconds between straggler checks
 
@@ -101,17 +101,20 @@ class Cluster(Executor):
         workdir: Optional[str] = None,
         initializer: Optional[Callable[..., Any]] = None,
         initargs: Tuple[Any, ...] = (),
-        forks: int = DEFAULT_FORKS,
+        forks: Optional[int] = None,
     ) -> None:
         if retries < 0 or max_lost < 0:
             raise UsageError("retries and max_lost must be 0 or more")
-        if forks < 1:
+        if forks is not None and forks < 1:
             raise UsageError("forks must be at least 1")
         self.env = dict(env or {})
         for name in self.env:
             environment.check_name(name, "env")
         self.workdir = workdir
-        self.forks = threading.BoundedSemaphore(forks)
+        # --forks: at most N hosts connecting (so at most N handshakes of this cluster's);
+        # without it the process's adaptive handshake window alone paces connections.
+        self.forks: Any = contextlib.nullcontext() if forks is None else \
+            threading.BoundedSemaphore(forks)
         self._initializer = None if initializer is None else cloudpickle.dumps(
             (_ship(initializer), tuple(initargs)), protocol=5)
         if task_timeout is not None and task_timeout <= 0:

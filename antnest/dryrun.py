@@ -36,7 +36,8 @@ def dry_run(args: argparse.Namespace, out: Any = None) -> int:
     write("dry run: nothing is connected to, nothing runs on the hosts")
     write(f"job {args.job}: {job.form} form, processor {_name(job.processor)}"
           + (", setup() once per runner" if job.setup is not None else ""))
-    write(f"hosts ({len(hosts)}, at most {args.forks} connecting at once):")
+    pace = f"at most {args.forks} connecting at once" if args.forks else "connecting in parallel"
+    write(f"hosts ({len(hosts)}, {pace}):")
     for host, row in zip(hosts, describe(hosts)):
         if host.local:
             where = "local processes"

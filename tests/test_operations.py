@@ -316,10 +316,10 @@ def test_dry_run_connects_to_nothing(tmp_path: Path, run_cli: Any, blackhole: An
     data = tmp_path / "in.txt"
     data.write_text("".join(f"line {i}\n" for i in range(1000)))
     done = run_cli("run", "--dry-run", "-H", f"{blackhole.address}:{blackhole.port},127.0.0.1:1",
-                   "--env", "X=1", "--workdir", "/w", "--input", data, job)
+                   "--env", "X=1", "--workdir", "/w", "--forks", "3", "--input", data, job)
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "hosts (2, at most 16 connecting at once)" in out
+    assert "hosts (2, at most 3 connecting at once)" in out
     assert f"{blackhole.address}:{blackhole.port}" in out and "env=X workdir=/w" in out
     assert "0: 'line 0'" in out and "4: 'line 4'" in out and "5: " not in out
     assert f"{data.stat().st_size} bytes" in out
