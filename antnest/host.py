@@ -32,6 +32,11 @@ class Host:
     ssh_client: Optional[str] = None         # for transport "ssh": paramiko, openssh, auto; None = run's
     env: Tuple[Tuple[str, str], ...] = ()    # environment for the runner, in order (NAME, VALUE)
     workdir: Optional[str] = None            # the runner chdirs here before user code runs
+    user_known_hosts: Tuple[str, ...] = ()   # UserKnownHostsFile; () = ~/.ssh/known_hosts{,2}
+    global_known_hosts: Tuple[str, ...] = () # GlobalKnownHostsFile; () = /etc/ssh/ssh_known_hosts{,2}
+    host_key_checking: Optional[str] = None  # StrictHostKeyChecking: yes, accept-new, no; None = run's
+    identities_only: bool = False            # IdentitiesOnly: offer only identity_files
+    ssh_config: Optional[str] = None         # the ssh_config given with -F, for the ssh binary
 
     @property
     def local(self) -> bool:

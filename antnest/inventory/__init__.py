@@ -60,6 +60,7 @@ def load_hosts(
     else:
         return []
     ssh = _SshConfig(_ssh_config_path(ssh_config))
+    ssh.prefetch(e.name for e in entries if e.settings.get("transport", "ssh") == "ssh")
     hosts = [_finish(ssh.resolve(entry, source), entry) for entry in entries]
     if limit is not None:
         hosts = select(hosts, limit, members)

@@ -1,16 +1,23 @@
-"""ssh_config merged underneath the inventory's settings."""
+"""ssh_config merged underneath the inventory's settings.
+
+OpenSSH resolves it (``ssh -G``) when an ``ssh`` binary is on PATH, else antnest's reader in
+``ssh_options`` does, by the same rules; ``options_to_fields`` maps either answer (or ssh
+command-line options from ``ssh_options.parse_ssh_args``) onto Host fields.
+"""
 from __future__ import annotations
 
-import functools
-import getpass
 import logging
 import os
 import re
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 from ..errors import InventoryError
 from ..host import Host
+from .ssh_options import (
+    DEFAULT_GLOBAL_KNOWN_HOSTS, DEFAULT_IDENTITIES, DEFAULT_USER_KNOWN_HOSTS, ConfigError,
+    Options, expand_path, local_user, resolve_many, ssh_home, ssh_user, tokens_for
+)
 from .values import (
     _Bad, _Entry, Hop, _layer, PathArg, _port_text, _proxy_command, _proxy_jump, _seconds,
     _text
@@ -22,87 +29,63 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- ssh_config
 
 def _ssh_config_path(ssh_config: Optional[PathArg]) -> Optional[str]:
+    """The file given with -F, expanded; None: OpenSSH's defaults (~/.ssh/config, then
+    /etc/ssh/ssh_config)."""
     if ssh_config is not None:
         return os.path.expanduser(os.fspath(ssh_config))
-    default = os.path.expanduser("~/.ssh/config")
-    return default if os.path.isfile(default) else None
+    return None
 
 
-@functools.lru_cache(maxsize=None)
-def _paramiko_config() -> Any:
-    """paramiko's ssh_config parser, leaving ProxyCommand tokens to us: it would expand them
-    with the ssh_config values instead of the final ones, and it has no ``%%``. Imported on
-    first use: runs without an ssh_config never load paramiko here."""
-    import paramiko
-
-    class _ParamikoConfig(paramiko.SSHConfig):
-        TOKENS_BY_CONFIG_KEY = {key: tokens for key, tokens
-                                in paramiko.SSHConfig.TOKENS_BY_CONFIG_KEY.items()
-                                if key != "proxycommand"}
-
-    return _ParamikoConfig
+def _reader_choice() -> Optional[bool]:
+    """``ANTNEST_SSH_CONFIG_READER``: ``ssh`` (ssh -G), ``builtin`` (the fallback reader) or
+    unset (ssh -G when an ``ssh`` binary is on PATH)."""
+    choice = os.environ.get("ANTNEST_SSH_CONFIG_READER", "").strip().lower()
+    return {"ssh": True, "builtin": False}.get(choice)
 
 
 class _SshConfig:
-    """An ssh_config (parsed by paramiko) answering in Host field names, so layers merge by key."""
+    """ssh_config as OpenSSH resolves it, answering in Host field names so layers merge by key.
 
-    def __init__(self, path: Optional[str]) -> None:
+    One lookup per name for the run: ``prefetch`` resolves every inventory name at once
+    (``ssh -G`` in parallel); jump hosts found later are looked up one by one, then cached.
+    """
+
+    def __init__(self, path: Optional[str], use_ssh: Optional[bool] = None) -> None:
         self.path = path or ""
-        self._config: Any = None
+        self._given = path
+        self._use_ssh = _reader_choice() if use_ssh is None else use_ssh
         self._cache: Dict[str, Dict[str, Any]] = {}
-        if not path:
-            return
-        import paramiko
+        if path is not None and path != "none" and not os.path.isfile(path):
+            reason = "no such file" if not os.path.exists(path) else "not a file"
+            raise InventoryError(path, f"cannot read the ssh config: {reason}")
 
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Resolve every name not yet cached, in parallel."""
+        wanted = [n for n in dict.fromkeys(names) if n not in self._cache]
+        if not wanted:
+            return
         try:
-            self._config = _paramiko_config().from_path(path)
-        except OSError as exc:
-            raise InventoryError(path, f"cannot read the ssh config: {exc.strerror or exc}"
-                                 ) from exc
-        except paramiko.SSHException as exc:
-            raise InventoryError(path, f"not a valid ssh config: {exc}") from exc
+            found = resolve_many(wanted, self._given, self._use_ssh)
+        except ConfigError as exc:
+            raise InventoryError(exc.path, exc.problem,
+                                 f"line {exc.line}" if exc.line else None) from None
+        for name, options in found.items():
+            self._cache[name] = self._fields(name, options)
 
     def lookup(self, name: str) -> Dict[str, Any]:
         """What ssh_config says about ``name``; keys absent when it says nothing."""
-        if self._config is None:
-            return {}
         if name not in self._cache:
-            self._cache[name] = self._lookup(self._config, name)
+            self.prefetch([name])
         return self._cache[name]
 
-    def _lookup(self, config: Any, name: str) -> Dict[str, Any]:
-        import paramiko
+    def options(self, name: str) -> Options:
+        """The raw options for ``name``, in ``ssh -G``'s shape (for tests and diagnostics)."""
+        return resolve_many([name], self._given, self._use_ssh)[name]
 
-        try:
-            options = config.lookup(name)
-        except (paramiko.SSHException, ImportError) as exc:   # Match exec needs invoke
-            raise InventoryError(self.path, f"looking up {name!r} failed: {exc}") from exc
-        if "include" in options:
-            log.warning("%s: Include is not followed (paramiko does not support it)", self.path)
-        found: Dict[str, Any] = {"address": options["hostname"]}   # = name when unset
-        readers: Dict[str, Tuple[str, Callable[[str], Any]]] = {
-            "port": ("port", lambda v: _port_text(v.strip())),
-            "user": ("user", _text),
-            "identityfile": ("identity_files", lambda v: tuple(os.path.expanduser(p) for p in v)),
-            "connecttimeout": ("connect_timeout", lambda v: _seconds(_number(v))),
-            "serveraliveinterval": ("server_alive_interval",
-                                    lambda v: _seconds(_number(v), strict=False)),
-        }
-        for option, value in options.items():
-            try:
-                if option in readers:
-                    field_name, read = readers[option]
-                    found[field_name] = read(value)
-                elif option in ("proxyjump", "proxycommand") and not (
-                        {"jump", "proxy_command"} & set(found)):   # ssh: the first one wins
-                    if option == "proxyjump":
-                        found["jump"] = _proxy_jump(value)
-                    else:
-                        found["proxy_command"] = value and _proxy_command(value)
-            except _Bad as bad:
-                raise InventoryError(self.path, str(bad), f"{option} (for host {name})"
-                                     ) from None
-        return found
+    def _fields(self, name: str, options: Options) -> Dict[str, Any]:
+        """ssh -G's answer as Host fields; what equals OpenSSH's default is left out, so the
+        inventory and antnest's own defaults still apply."""
+        return options_to_fields(name, options, self.path or "ssh_config")
 
     def resolve(self, entry: _Entry, source: str) -> Host:
         """The inventory's settings over ssh_config's over the built-in defaults."""
@@ -115,9 +98,12 @@ class _SshConfig:
         port = settings.get("port", 22)
         user = settings.get("user")
         command = settings.get("proxy_command")
+        tokens = tokens_for(name, address, str(port), user or local_user(),
+                            os.path.expanduser("~"))
         return Host(
             name=name, address=address, port=port, user=user,
-            identity_files=settings.get("identity_files", ()),
+            identity_files=tuple(expand_path(p, tokens) for p in
+                                 settings.get("identity_files", ())),
             python=settings.get("python", "python3"),
             procs=settings.get("procs"),
             jump=self._chain(settings.get("jump", ()), name, source, seen),
@@ -126,6 +112,11 @@ class _SshConfig:
             server_alive_interval=settings.get("server_alive_interval"),
             groups=groups, source=source,
             env=settings.get("env", ()), workdir=settings.get("workdir"),
+            user_known_hosts=settings.get("user_known_hosts", ()),
+            global_known_hosts=settings.get("global_known_hosts", ()),
+            host_key_checking=settings.get("host_key_checking"),
+            identities_only=settings.get("identities_only", False),
+            ssh_config=self._given if self._given not in (None, "none") else None,
         )
 
     def _chain(self, hops: Tuple[Hop, ...], target: str, source: str, seen: Set[str],
@@ -154,15 +145,71 @@ def _number(text: str) -> Union[int, str]:
     return int(text) if text.strip().isdigit() else text
 
 
+def options_to_fields(name: str, options: Options, path: str) -> Dict[str, Any]:
+    """Options in ``ssh -G``'s shape (from ssh -G, the fallback reader or
+    ``ssh_options.parse_ssh_args``) as Host fields. Values equal to OpenSSH's defaults are
+    left out, so layers underneath and antnest's defaults still apply."""
+    found: Dict[str, Any] = {}
+    home = ssh_home()
+    current = "hostname"
+
+    def one(key: str) -> Optional[str]:
+        nonlocal current
+        current = key
+        values = options.get(key)
+        return values[0] if values else None
+
+    try:
+        hostname = one("hostname")
+        if hostname is not None:
+            found["address"] = hostname
+        port = one("port")
+        if port is not None and port != "22":
+            found["port"] = _port_text(port)
+        user = one("user")
+        if user is not None and user not in (local_user(), ssh_user()):
+            found["user"] = _text(user)
+        current = "identityfile"
+        identities = options.get("identityfile")
+        if identities and tuple(identities) != DEFAULT_IDENTITIES:
+            found["identity_files"] = tuple(identities)
+        for key, field_name, default in (
+                ("userknownhostsfile", "user_known_hosts", DEFAULT_USER_KNOWN_HOSTS),
+                ("globalknownhostsfile", "global_known_hosts", DEFAULT_GLOBAL_KNOWN_HOSTS)):
+            text = one(key)
+            if text is None:
+                continue
+            files = tuple(text.split())
+            defaults = {tuple(expand_path(f, {}, h) for f in default)
+                        for h in (home, os.path.expanduser("~"))}
+            if files not in defaults:
+                found[field_name] = ("/dev/null",) if files == ("none",) else files
+        for key, field_name, strict in (("connecttimeout", "connect_timeout", True),
+                                        ("serveraliveinterval", "server_alive_interval", False)):
+            text = one(key)
+            if text is not None and text not in ("none", "0"):
+                found[field_name] = _seconds(_number(text), strict=strict)
+        checking = one("stricthostkeychecking")
+        if checking is not None and checking != "ask":
+            found["host_key_checking"] = {"true": "yes", "yes": "yes", "false": "no",
+                                          "no": "no", "off": "no"}.get(checking, checking)
+            if found["host_key_checking"] not in ("yes", "no", "accept-new"):
+                raise _Bad(f"StrictHostKeyChecking {checking!r} is not yes, no or accept-new")
+        if (one("identitiesonly") or "no").lower() in ("yes", "true"):
+            found["identities_only"] = True
+        jump, command = one("proxyjump"), one("proxycommand")
+        if jump is not None and jump != "none":
+            found["jump"] = _proxy_jump(jump)
+        elif command is not None and command != "none":
+            found["proxy_command"] = _proxy_command(command)
+    except _Bad as bad:
+        raise InventoryError(path, str(bad), f"{current} (for host {name})") from None
+    return found
+
+
 def _expand_proxy_command(command: str, name: str, address: str, port: int,
                           user: Optional[str]) -> str:
-    """Expand tokens as OpenSSH does; also a leading ``~``, since it may run without a shell."""
-    if user is None:
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):   # no login name in a bare container
-            user = ""
-    values = {"h": address, "p": str(port), "r": user, "n": name, "%": "%"}
-    command = re.sub(r"(?<!\S)~(?=/|\s|$)", lambda _: os.path.expanduser("~"), command)
-    return re.sub(r"%(.)", lambda m: values[m.group(1)], command)
+    """Expand tokens as OpenSSH does; the command then runs through the user's shell."""
+    values = {"h": address, "p": str(port), "r": user or local_user(), "n": name, "%": "%"}
+    return re.sub(r"%(.)", lambda m: values.get(m.group(1), m.group(0)), command)
 
