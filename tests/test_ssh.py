@@ -268,6 +268,9 @@ def test_jump_host_key_is_checked_too(fleet: SshdFleet, run_cli, tmp_path: Path,
                                       fresh_home: Path) -> None:
     options = jump_via_inventory_alias(fleet, tmp_path, fresh_home)
     known = known_hosts_without(fleet, tmp_path / "known_hosts", "fleet1")
+    config = tmp_path / "ssh_config_known"   # the fleet's UserKnownHostsFile is honoured
+    config.write_text(fleet.ssh_config.read_text().replace(str(fleet.known_hosts), str(known)))
+    options["ssh_config"] = config
     result = run_cli("run", *cli_args(options), "--known-hosts", known, JOBS / "reverse.py")
     assert (result.returncode, result.stdout) == (3, ""), result.stderr
     assert fleet.host("fleet1").fingerprint in result.stderr

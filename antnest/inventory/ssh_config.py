@@ -188,6 +188,9 @@ def options_to_fields(name: str, options: Options, path: str) -> Dict[str, Any]:
                                         ("serveraliveinterval", "server_alive_interval", False)):
             text = one(key)
             if text is not None and text not in ("none", "0"):
+                if key == "serveraliveinterval" and text == "300" and (
+                        one("batchmode") or "no") == "yes":
+                    continue   # BatchMode's implied 300 s: antnest keeps its own dead-peer check
                 found[field_name] = _seconds(_number(text), strict=strict)
         checking = one("stricthostkeychecking")
         if checking is not None and checking != "ask":

@@ -289,8 +289,12 @@ class _State:
     def set(self, keyword: str, args: List[str]) -> None:
         if keyword in _MULTI:
             self.values.setdefault(keyword, []).append(" ".join(args))
-        elif keyword in ("proxyjump", "proxycommand"):
+        elif keyword == "proxyjump":   # as OpenSSH 9: "ProxyJump none" leaves ProxyCommand free
             if "proxyjump" not in self.values and "proxycommand" not in self.values:
+                self.values[keyword] = [" ".join(args)]
+        elif keyword == "proxycommand":
+            if "proxycommand" not in self.values and self.values.get(
+                    "proxyjump", ["none"]) == ["none"]:
                 self.values[keyword] = [" ".join(args)]
         elif keyword not in self.values:
             self.values[keyword] = [" ".join(args)]
@@ -323,16 +327,15 @@ class _State:
         for key in ("proxyjump", "proxycommand"):
             if out.get(key) == ["none"]:
                 del out[key]
-        for key, value in (("stricthostkeychecking", "ask"), ("identitiesonly", "no"),
-                           ("batchmode", "no")):
-            out[key] = [_flag(out[key][0]) if key in out else value]
+        strict = out.get("stricthostkeychecking", ["ask"])[0].lower()
+        out["stricthostkeychecking"] = [{"yes": "true", "no": "false", "off": "false"
+                                         }.get(strict, strict)]
+        for key in ("identitiesonly", "batchmode"):
+            flag = out.get(key, ["no"])[0].lower()
+            out[key] = [{"true": "yes", "false": "no"}.get(flag, flag)]
+        if out["batchmode"] == ["yes"] and "serveraliveinterval" not in out:
+            out["serveraliveinterval"] = ["300"]   # OpenSSH's default in batch mode
         return out
-
-
-def _flag(value: str) -> str:
-    """Yes/no values as ``ssh -G`` prints them (StrictHostKeyChecking: true/false/ask/...)."""
-    low = value.lower()
-    return {"yes": "true", "no": "false", "off": "false", "on": "true"}.get(low, low)
 
 
 # --------------------------------------------------------------------------- ssh -G

@@ -36,8 +36,9 @@ class RunnerProcess(Protocol):
 class SshOptions:
     """How to connect; the same for every host of a run."""
 
-    known_hosts: Tuple[str, ...] = ()      # extra files; ~/.ssh/known_hosts is always read
+    known_hosts: Tuple[str, ...] = ()      # --known-hosts, read after the host's own files
     accept_new_host_keys: bool = False
+    allow_unchecked_host_keys: bool = False  # let StrictHostKeyChecking no through
     connect_timeout: float = 10.0
     keepalive: float = 5.0                 # ServerAliveInterval when the host sets none
     compress: bool = False

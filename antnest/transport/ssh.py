@@ -7,11 +7,13 @@ Nothing ever prompts: a passphrase, password or host key question is an error in
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import os
 import random
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from antnest import bootstrap
 from antnest.errors import AuthError, ConnectError, HostError, HostKeyError, format_seconds
 from antnest.host import Host
 from antnest.limits import FD_ERRNOS, fd_limit_advice
-from antnest.transport import SshOptions, describe_exit
+from antnest.transport import SshOptions, describe_exit, known_hosts
 from antnest.transport.handshakes import handshakes
 
 log = logging.getLogger(__name__)
@@ -53,15 +55,24 @@ _record_lock = threading.Lock()
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """Unknown key: an error naming the fingerprint, or recorded when accept-new is on."""
+    """Unknown key: an error naming the fingerprint, or recorded when accept-new is on
+    (--accept-new-host-keys or StrictHostKeyChecking accept-new); with StrictHostKeyChecking no
+    (only after --allow-unchecked-host-keys) accepted for this connection without recording."""
 
     def __init__(self, host: Host, options: SshOptions) -> None:
         self._host = host
         self._options = options
+        self._policy = known_hosts.policy(host, options.accept_new_host_keys,
+                                          options.allow_unchecked_host_keys)
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        where = self._options.writable_known_hosts()
-        if not self._options.accept_new_host_keys:
+        where = known_hosts.writable(self._host, self._options.known_hosts)
+        if self._policy == "no":
+            log.warning("%s: host key %s %s NOT checked (StrictHostKeyChecking no, "
+                        "--allow-unchecked-host-keys)", self._host.name, key.get_name(),
+                        fingerprint(key))
+            return
+        if self._policy != "accept-new":
             raise HostKeyError(
                 self._host.name,
                 f"host key for {hostname} is not known ({key.get_name()} {fingerprint(key)}); "
@@ -123,8 +134,6 @@ class SshConnection:
         gateway: Any = None
         if self.host.jump:
             gateway = _gateways.acquire(self, self.host.jump)
-        elif self.host.proxy_command:
-            gateway = self.host.proxy_command
         try:
             conn = self._connection(self.host, gateway)
             self._establish(conn, self.host)
@@ -135,7 +144,8 @@ class SshConnection:
         return conn
 
     def _connection(self, host: Host, gateway) -> Connection:
-        keys = [os.path.expanduser(path) for path in host.identity_files]
+        keys = usable_keys(host)
+        known = known_hosts.load(host, self.options.known_hosts)
         conn = new_connection(
             host.address,
             user=host.user or _local_user(),
@@ -144,18 +154,19 @@ class SshConnection:
             connect_timeout=host.connect_timeout or self.options.connect_timeout,
             connect_kwargs={
                 "key_filename": keys,
-                "allow_agent": True,
-                "look_for_keys": True,
+                # As OpenSSH: IdentitiesOnly offers only the named files; the default
+                # ~/.ssh/id_* are tried only when no IdentityFile is named.
+                "allow_agent": not host.identities_only,
+                "look_for_keys": not host.identity_files and not host.identities_only,
                 "compress": self.options.compress,
                 "banner_timeout": host.connect_timeout or self.options.connect_timeout,
                 "auth_timeout": host.connect_timeout or self.options.connect_timeout,
-                "transport_factory": _transport,
+                "transport_factory": functools.partial(_transport, host=host, known=known),
             },
         )
         client = conn.client
-        # Parsed once per set of files, shared by every connection (a known_hosts of N lines
-        # read by N hosts would otherwise cost N² at start-up).
-        client._system_host_keys = _known_hosts(host, self.options)
+        # Parsed once per set of files, shared by every connection.
+        client._system_host_keys = known.keys
         client.set_missing_host_key_policy(_HostKeyPolicy(host, self.options))
         return conn
 
@@ -166,7 +177,9 @@ class SshConnection:
         slot = handshakes.slot()
         try:
             with slot:
-                if conn.gateway is None:
+                if conn.gateway is None and host.proxy_command:
+                    conn.connect_kwargs["sock"] = ShellProxyCommand(host.proxy_command)
+                elif conn.gateway is None:
                     conn.connect_kwargs["sock"] = _tcp(host, conn.connect_timeout)
                 try:
                     conn.open()
@@ -186,7 +199,8 @@ class SshConnection:
                 f"host key for {known_hosts_name(host.address, host.port)} has CHANGED: it "
                 f"presented {exc.key.get_name()} {fingerprint(exc.key)}, known_hosts has "
                 f"{fingerprint(exc.expected_key)}. This may be an attack; if the host was "
-                f"reinstalled, remove the old line from {self.options.writable_known_hosts()} "
+                f"reinstalled, remove the old line from "
+                f"{known_hosts.writable(host, self.options.known_hosts)} "
                 f"(ssh-keygen -R '{known_hosts_name(host.address, host.port)}')",
                 status="host key changed",
             ) from None
@@ -340,27 +354,7 @@ class _RetryableHandshake(Exception):
 
 
 _shared_lock = threading.Lock()
-_known_hosts_cache: Dict[tuple, paramiko.HostKeys] = {}
 _config: List[Config] = []
-
-
-def _known_hosts(host: Host, options: SshOptions) -> paramiko.HostKeys:
-    """Every known_hosts file parsed into one HostKeys, cached until a file changes."""
-    files = [p for p in options.known_hosts_files() if os.path.exists(p)]
-    stamp = tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in files)
-    with _shared_lock:
-        keys = _known_hosts_cache.get(stamp)
-        if keys is None:
-            keys = paramiko.HostKeys()
-            for path in files:
-                try:
-                    keys.load(path)
-                except (OSError, paramiko.SSHException) as exc:
-                    raise HostKeyError(host.name, f"cannot read known_hosts file {path}: {exc}",
-                                       status="host key unknown") from None
-            _known_hosts_cache.clear()
-            _known_hosts_cache[stamp] = keys
-        return keys
 
 
 _construct_lock = threading.Lock()
@@ -387,10 +381,28 @@ def _fabric_config() -> Config:
         return _config[0]
 
 
-def _transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+class _CheckedTransport(paramiko.Transport):
+    """Refuses a host key marked @revoked before paramiko looks it up in known_hosts (and so
+    before any authentication is attempted)."""
+
+    antnest_check: Any = None
+
+    def get_remote_server_key(self) -> paramiko.PKey:
+        key = super().get_remote_server_key()
+        if self.antnest_check is not None:
+            self.antnest_check(key)
+        return key
+
+
+def _transport(sock: Any, host: Optional[Host] = None,
+               known: Optional[known_hosts.KnownHosts] = None, **kwargs: Any
+               ) -> paramiko.Transport:
     """A paramiko Transport preferring AES-GCM: no separate MAC to compute and compare in
     Python for every packet, which is most of paramiko's per-packet cost."""
-    transport = paramiko.Transport(sock, **kwargs)
+    transport = _CheckedTransport(sock, **kwargs)
+    if host is not None and known is not None:
+        name = known_hosts_name(host.address, host.port)
+        transport.antnest_check = lambda key: known.check_revoked(host, name, key)
     options = transport.get_security_options()
     fast = [c for c in ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com") if c in options.ciphers]
     options.ciphers = tuple(fast + [c for c in options.ciphers if c not in fast])
@@ -448,6 +460,38 @@ class SshProcess:
         return describe_exit(code, stderr, None if ready else "no exit status yet")
 
 
+class ShellProxyCommand(paramiko.ProxyCommand):
+    """ProxyCommand run as OpenSSH runs it: ``exec`` through the user's shell, so pipes,
+    redirects and ``$VAR`` work (paramiko's own splits the line with shlex, no shell)."""
+
+    def __init__(self, command: str) -> None:   # noqa: D107 - paramiko's fields, our Popen
+        self.cmd = [os.environ.get("SHELL") or "/bin/sh", "-c", f"exec {command}"]
+        self.process = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, bufsize=0)
+        self.timeout = None
+
+
+def usable_keys(host: Host) -> List[str]:
+    """The identity files ssh would use: a missing file is skipped with a warning naming it
+    (ssh skips it too), and so is a private key others can read (ssh refuses it:
+    "UNPROTECTED PRIVATE KEY FILE")."""
+    keys: List[str] = []
+    for path in (os.path.expanduser(p) for p in host.identity_files):
+        try:
+            mode = os.stat(path)
+        except OSError as exc:
+            log.warning("%s: identity file %s skipped: %s", host.name, path,
+                        exc.strerror or exc)
+            continue
+        if mode.st_mode & 0o077 and mode.st_uid == os.getuid():
+            log.warning("%s: identity file %s skipped: permissions %o are too open (ssh "
+                        "refuses a private key others can read: chmod 600 %s)",
+                        host.name, path, mode.st_mode & 0o777, path)
+            continue
+        keys.append(path)
+    return keys
+
+
 def _jump_host(hop: Host, target: Host) -> Host:
     """The hop, named so that its errors say it is a jump host and for whom."""
     import dataclasses
@@ -464,19 +508,25 @@ def _local_user() -> str:
 def _offered_keys(host: Host) -> str:
     offered: List[str] = []
     agent_keys = 0
-    if os.environ.get("SSH_AUTH_SOCK"):
+    if os.environ.get("SSH_AUTH_SOCK") and not host.identities_only:
         try:
             agent_keys = len(paramiko.Agent().get_keys())
         except paramiko.SSHException:
             agent_keys = 0
     if agent_keys:
         offered.append(f"{agent_keys} ssh-agent key(s)")
-    offered += [os.path.expanduser(p) for p in host.identity_files]
-    for name in ("id_rsa", "id_ecdsa", "id_ed25519", "id_dsa"):
-        path = os.path.expanduser(f"~/.ssh/{name}")
-        if os.path.exists(path) and path not in offered:
-            offered.append(path)
+    keys = usable_keys(host)
+    offered += keys
+    if not host.identity_files and not host.identities_only:
+        for name in ("id_rsa", "id_ecdsa", "id_ed25519", "id_dsa"):
+            path = os.path.expanduser(f"~/.ssh/{name}")
+            if os.path.exists(path) and path not in offered:
+                offered.append(path)
+    skipped = [os.path.expanduser(p) for p in host.identity_files
+               if os.path.expanduser(p) not in keys]
+    note = f"; skipped (missing or readable by others): {', '.join(skipped)}" if skipped else ""
     if not offered:
         return ("no key was offered: set identity_file in the inventory, IdentityFile in "
-                "ssh_config, or load a key into ssh-agent")
-    return "keys offered: " + ", ".join(offered) + "; is the public key in the host's authorized_keys?"
+                "ssh_config, or load a key into ssh-agent" + note)
+    return ("keys offered: " + ", ".join(offered) + note
+            + "; is the public key in the host's authorized_keys?")
