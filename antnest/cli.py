@@ -71,13 +71,18 @@ def _add_host_options(parser: argparse.ArgumentParser) -> None:
     hosts.add_argument("-l", "--limit", metavar="PATTERN",
                        help="use only hosts matching an Ansible-style pattern (web*:&prod:!web3)")
     hosts.add_argument("-F", "--ssh-config", metavar="FILE",
-                       help="ssh_config to read (default ~/.ssh/config when it exists)")
+                       help="ssh_config to read instead of ~/.ssh/config and "
+                            "/etc/ssh/ssh_config (resolved by ssh -G when ssh is on PATH)")
     hosts.add_argument("--known-hosts", metavar="FILE", action="append", default=[],
-                       help="known_hosts file to trust besides ~/.ssh/known_hosts (repeatable); "
+                       help="known_hosts file to trust besides the host's UserKnownHostsFile "
+                            "and GlobalKnownHostsFile (repeatable); "
                             "new keys are recorded in the last one")
     hosts.add_argument("--accept-new-host-keys", action="store_true",
                        help="record unknown host keys instead of refusing (a changed key is "
                             "always refused)")
+    hosts.add_argument("--allow-unchecked-host-keys", action="store_true",
+                       help="let an ssh_config's StrictHostKeyChecking no through (unknown "
+                            "keys accepted unrecorded, with a warning); refused without it")
     hosts.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                        help="per-host connect and handshake timeout (default 10)")
 
@@ -246,6 +251,7 @@ def _cluster_options(args: argparse.Namespace) -> dict:
         ssh_config=args.ssh_config,
         known_hosts=args.known_hosts,
         accept_new_host_keys=args.accept_new_host_keys,
+        allow_unchecked_host_keys=args.allow_unchecked_host_keys,
         connect_timeout=args.connect_timeout,
     )
 
@@ -419,6 +425,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     hosts = _selected_hosts(args)
     options = SshOptions(known_hosts=tuple(args.known_hosts),
                          accept_new_host_keys=args.accept_new_host_keys,
+                         allow_unchecked_host_keys=args.allow_unchecked_host_keys,
                          connect_timeout=args.connect_timeout)
     rows = check_hosts(hosts, options)
     if args.json:

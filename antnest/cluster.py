@@ -90,6 +90,7 @@ class Cluster(Executor):
         ssh_config: Optional[PathLike] = None,
         known_hosts: Sequence[PathLike] = (),
         accept_new_host_keys: bool = False,
+        allow_unchecked_host_keys: bool = False,
         connect_timeout: float = 10.0,
         compress: bool = False,
         retries: int = 0,
@@ -124,6 +125,7 @@ class Cluster(Executor):
         self.ssh_options = SshOptions(
             known_hosts=tuple(os.fspath(p) for p in known_hosts),
             accept_new_host_keys=accept_new_host_keys,
+            allow_unchecked_host_keys=allow_unchecked_host_keys,
             connect_timeout=connect_timeout,
             compress=compress,
         )

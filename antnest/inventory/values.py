@@ -177,7 +177,20 @@ def _target(text: str) -> Hop:
     host, port = _split_port(rest)
     if not host or (at and not user):
         raise _Bad(f"{text!r} is not [user@]host[:port]")
+    if ":" in host and not _is_ipv6(host):
+        raise _Bad(f"{host!r} is neither a host name nor an IPv6 address "
+                   "(write an address with a port as [::1]:2222)")
     return user or None, _name(host), _port_text(port)
+
+
+def _is_ipv6(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.IPv6Address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
 
 
 class _Vaulted:
