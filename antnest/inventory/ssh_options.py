@@ -177,6 +177,7 @@ class Reader:
     def __init__(self, path: Optional[str], home: Optional[str] = None) -> None:
         self.path = path
         self.home = home if home is not None else os.path.expanduser("~")
+        self._parsed: Dict[str, List[Tuple[int, str, str, List[str]]]] = {}
 
     def files(self) -> List[Tuple[str, bool]]:
         """(file, is the user's) in reading order."""
@@ -191,25 +192,33 @@ class Reader:
             self._read(path, user, state, depth=0, never_match=False)
         return state.finish()
 
+    def _lines(self, path: str) -> List[Tuple[int, str, str, List[str]]]:
+        """(line number, keyword, raw rest, split args) of every option line, parsed once."""
+        if path not in self._parsed:
+            try:
+                with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                    lines = f.read().splitlines()
+            except OSError as exc:
+                raise ConfigError(path, f"cannot read the ssh config: {exc.strerror or exc}"
+                                  ) from exc
+            parsed = []
+            for number, raw in enumerate(lines, 1):
+                keyword, rest = _keyword(raw.rstrip())
+                if not keyword or keyword.startswith("#"):
+                    continue
+                args = [] if keyword in _COMMANDS else split_args(rest, path, number)
+                parsed.append((number, keyword, rest, args))
+            self._parsed[path] = parsed
+        return self._parsed[path]
+
     def _read(self, path: str, user_conf: bool, state: "_State", depth: int,
               never_match: bool) -> None:
-        try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                lines = f.read().splitlines()
-        except OSError as exc:
-            raise ConfigError(path, f"cannot read the ssh config: {exc.strerror or exc}"
-                              ) from exc
         state.active = not never_match
-        for number, raw in enumerate(lines, 1):
-            keyword, rest = _keyword(raw.rstrip())
-            if not keyword or keyword.startswith("#"):
-                continue
+        for number, keyword, rest, args in self._lines(path):
             if keyword in _COMMANDS:
                 if state.active and rest:
                     state.set(keyword, [rest])
-                continue
-            args = split_args(rest, path, number)
-            if keyword == "host":
+            elif keyword == "host":
                 state.active = not never_match and _pattern_list(state.original, args)
             elif keyword == "match":
                 state.active = not never_match and self._match(args, state, path, number)
@@ -369,7 +378,7 @@ def ssh_g(name: str, path: Optional[str], ssh: str = "ssh") -> Options:
 
 
 def resolve_many(names: Sequence[str], path: Optional[str], use_ssh: Optional[bool] = None,
-                 workers: int = 16) -> Dict[str, Options]:
+                 workers: int = 32) -> Dict[str, Options]:
     """Every name's options, resolved in parallel (``ssh -G`` is a process per name)."""
     ssh = ssh_binary() if use_ssh is not False else None
     if use_ssh and ssh is None:
