@@ -1,8 +1,8 @@
 """ssh_config merged underneath the inventory's settings.
 
 OpenSSH resolves it (``ssh -G``) when an ``ssh`` binary is on PATH, else antnest's reader in
-``ssh_options`` does, by the same rules; ``options_to_fields`` maps either answer (or ssh
-command-line options from ``ssh_options.parse_ssh_args``) onto Host fields.
+``ssh_options`` does, by the same rules; ``options_to_fields`` maps either answer onto Host
+fields.
 """
 from __future__ import annotations
 
@@ -146,8 +146,7 @@ def _number(text: str) -> Union[int, str]:
 
 
 def options_to_fields(name: str, options: Options, path: str) -> Dict[str, Any]:
-    """Options in ``ssh -G``'s shape (from ssh -G, the fallback reader or
-    ``ssh_options.parse_ssh_args``) as Host fields. Values equal to OpenSSH's defaults are
+    """Options in ``ssh -G``'s shape (from ssh -G or the fallback reader) as Host fields. Values equal to OpenSSH's defaults are
     left out, so layers underneath and antnest's defaults still apply."""
     found: Dict[str, Any] = {}
     home = ssh_home()

@@ -5,10 +5,6 @@ Both answer in the shape ``ssh -G`` prints: lower-case option -> list of values,
 (``identityfile`` may repeat; ``userknownhostsfile`` is one line of space-separated files).
 ``antnest.inventory.ssh_config`` turns that into Host fields, the same code for both, so the
 parity test can compare the two answers field by field.
-
-``parse_ssh_args`` reads ssh command-line options (``-o Key=Value``, ``-i``, ``-p``, ``-l``,
-``-J``, ``-F``) into the same shape, for inventories that carry ssh arguments (Ansible's
-``ansible_ssh_common_args``).
 """
 from __future__ import annotations
 
@@ -17,7 +13,6 @@ import glob
 import os
 import pwd
 import re
-import shlex
 import shutil
 import socket
 import subprocess
@@ -389,44 +384,3 @@ def resolve_many(names: Sequence[str], path: Optional[str], use_ssh: Optional[bo
         return {name: reader.options(name) for name in unique}
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(unique)))) as pool:
         return dict(zip(unique, pool.map(lambda n: ssh_g(n, path, ssh), unique)))
-
-
-# --------------------------------------------------------------------------- ssh arguments
-
-_ARG_OPTIONS = {"-i": "identityfile", "-p": "port", "-l": "user", "-J": "proxyjump",
-                "-F": "configfile"}
-
-
-def parse_ssh_args(text: str) -> Options:
-    """ssh command-line options (``-o Key=Value``, ``-oKey value``, ``-i``, ``-p``, ``-l``,
-    ``-J``, ``-F``) in ``ssh -G``'s shape, first value wins as on ssh's command line.
-    Anything else is ignored. For Ansible's ``ansible_ssh_common_args``/``ansible_ssh_args``."""
-    words = shlex.split(text)
-    out: Options = {}
-    i = 0
-    while i < len(words):
-        word = words[i]
-        key, value = "", None
-        if word.startswith("-o"):
-            value = word[2:] or (words[i + 1] if i + 1 < len(words) else "")
-            i += 1 if word[2:] else 2
-            key, rest = _keyword(value)
-            value = rest if key in _COMMANDS else " ".join(split_args(rest))
-        elif word[:2] in _ARG_OPTIONS:
-            key = _ARG_OPTIONS[word[:2]]
-            value = word[2:] or (words[i + 1] if i + 1 < len(words) else "")
-            i += 1 if word[2:] else 2
-        else:
-            i += 1
-            continue
-        if not key or value is None:
-            continue
-        if key in _MULTI:
-            out.setdefault(key, []).append(value)
-        elif key in ("proxyjump", "proxycommand"):
-            if "proxyjump" not in out and "proxycommand" not in out:
-                out[key] = [value]
-        else:
-            out.setdefault(key, [value])
-    return out
-
