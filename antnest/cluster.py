@@ -10,9 +10,9 @@ import dataclasses
 import logging
 import os
 import sys
-import sysconfig
 import threading
 import time
+import weakref
 from concurrent.futures import FIRST_COMPLETED, Executor, Future
 from concurrent.futures import wait as futures_wait
 from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
@@ -20,11 +20,12 @@ from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, 
 
 import cloudpickle
 
-from antnest import bootstrap, environment
+from antnest import bootstrap, byvalue, environment
 from antnest import inventory as inventory_module
 from antnest import job as job_module
 from antnest.errors import (
     AntnestError,
+    ForkedCluster,
     HostError,
     JobCodeError,
     JobFailed,
@@ -61,6 +62,32 @@ KEEPALIVE = 5.0       # seconds between PINGs to idle runners
 MONITOR_EVERY = 0.25  # seconds between straggler checks
 
 PathLike = Union[str, "os.PathLike[str]"]
+STRONG_SUBMITS = 64   # functions that take no weak reference (builtins): kept this many at most
+
+_live: "weakref.WeakSet[Cluster]" = weakref.WeakSet()
+_interpreter_exiting = False
+
+
+def _python_exit() -> None:
+    """At interpreter exit, work still pending is waited for (as concurrent.futures does), then
+    the runners stop; submit() raises from then on."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    for cluster in list(_live):
+        cluster.shutdown(wait=True)
+    for cluster in list(_live):
+        cluster._join_closer()
+
+
+def _after_fork_in_child() -> None:
+    """The runners, threads and pipes belong to the parent: every inherited cluster is broken."""
+    for cluster in list(_live):
+        cluster._broken_by_fork()
+
+
+threading._register_atexit(_python_exit)  # type: ignore[attr-defined]  # before daemon threads stop
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _NotShared:
@@ -134,7 +161,12 @@ class Cluster(Executor):
             raise_open_files_limit()
         self.scheduler = Scheduler(self.policy, no_hosts_error=self._no_hosts_error)
         self.host_errors: Dict[str, Exception] = {}
-        self._submits: Dict[int, Any] = {}
+        # id(fn) -> (weak reference to fn, or fn itself, and its FutureCall); an entry goes
+        # when fn dies, so neither fn nor what it holds outlives its futures
+        self._submits: Dict[int, Tuple[Any, FutureCall]] = {}
+        self._strong: List[int] = []
+        self._pid = os.getpid()
+        self._closer: Optional[threading.Thread] = None
         self._shutdown = False
         self._running = False  # a first runner is up
         self._lock = threading.Lock()
@@ -152,6 +184,7 @@ class Cluster(Executor):
         log.info("first runner up after %s; work starts while the other runners of %d "
                  "host(s) join", format_seconds(time.monotonic() - started), len(self._groups))
         threading.Thread(target=self._monitor, name="antnest-monitor", daemon=True).start()
+        _live.add(self)
 
     # -- hosts -----------------------------------------------------------------------------
     def runner_options(self, host: Host) -> Dict[str, Any]:
@@ -269,6 +302,7 @@ class Cluster(Executor):
         """Copies stragglers onto idle workers, and keeps idle runners' watchdogs fed."""
         last_ping = time.monotonic()
         while not self._stop_keepalive.wait(MONITOR_EVERY):
+            self.scheduler.settler.grow()
             self.scheduler.speculate()
             if time.monotonic() - last_ping >= KEEPALIVE:
                 last_ping = time.monotonic()
@@ -281,15 +315,46 @@ class Cluster(Executor):
         self._check_open()
         with self._lock:
             entry = self._submits.get(id(fn))
-            if entry is None or entry[0] is not fn:
+            if entry is None or _deref(entry[0]) is not fn:
+                if entry is not None:
+                    self._retire(id(fn))
                 call = FutureCall(self.scheduler, _apply(fn), name=_name(fn))
                 self.scheduler.add_call(call)
-                entry = self._submits[id(fn)] = (fn, call)
-        call = entry[1]
-        with self.scheduler.cond:
-            future = call.add((args, kwargs))
+                entry = self._submits[id(fn)] = (self._reference(fn, call), call)
+            call = entry[1]
+            with self.scheduler.cond:
+                future = call.add((args, kwargs))
         self.scheduler.pump()
         return future
+
+    def _reference(self, fn: Callable, call: FutureCall) -> Any:
+        key = id(fn)
+        me = weakref.ref(self)
+
+        def gone(_: Any) -> None:
+            cluster = me()
+            if cluster is not None:
+                with cluster._lock:
+                    entry = cluster._submits.get(key)
+                    if entry is not None and entry[1] is call:
+                        cluster._retire(key)
+
+        try:
+            return weakref.ref(fn, gone)
+        except TypeError:  # a builtin: no weak reference, and it lives forever anyway
+            self._strong.append(key)
+            if len(self._strong) > STRONG_SUBMITS:
+                self._retire(self._strong.pop(0))
+            return fn
+
+    def _retire(self, key: int) -> None:
+        """Forget a function's call once its futures are settled (self._lock held)."""
+        entry = self._submits.pop(key, None)
+        if entry is None:
+            return
+        with self.scheduler.cond:
+            entry[1].retired = True
+            entry[1]._maybe_retire()
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
             chunksize: int = 1, shared: Any = NOT_SHARED) -> Iterator[Any]:
@@ -318,6 +383,7 @@ class Cluster(Executor):
                                            name=_name(fn)), None)
 
     def _results(self, call: OrderedCall, timeout: Optional[float]) -> Iterator[Any]:
+        call.raise_in_order = True
         timer = None
         if timeout is not None:  # counted from the call, as concurrent.futures does
             error = TimeoutError(f"map() did not finish within {format_seconds(timeout)}")
@@ -443,24 +509,57 @@ class Cluster(Executor):
             call.fail(error)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop every runner and close every connection; nothing stays behind on the hosts."""
+        """No new work; pending work still runs (unless cancel_futures), then every runner stops
+        and every connection closes: nothing stays behind on the hosts. With wait=False this
+        returns at once and the closing happens on a thread when the work is done."""
+        if os.getpid() != self._pid:
+            return  # a forked child: the runners are the parent's
         with self._lock:
-            if self._shutdown:
-                return
+            first = not self._shutdown
             self._shutdown = True
-            submits = [call for _, call in self._submits.values()]
+            if first:
+                self._closer = threading.Thread(target=self._close_when_idle,
+                                                name="antnest-shutdown", daemon=True)
         if cancel_futures:
             with self.scheduler.cond:
-                for call in submits:
-                    call.cancel_pending()
+                queued = [future for call in list(self.scheduler.calls)
+                          if isinstance(call, FutureCall) for future in call.cancel_pending()]
+            for future in queued:
+                future.cancel()
+        if first:
+            assert self._closer is not None
+            self._closer.start()
         if wait:
-            with self.scheduler.cond:
-                while any(call.inflight or call._queue for call in submits) and \
-                        (self.scheduler.workers or self.scheduler.starting > 0):
-                    self.scheduler.cond.wait(0.2)
-        self.scheduler.close(AntnestError("the cluster was shut down"))
+            self._join_closer()
+
+    def _join_closer(self) -> None:
+        closer = self._closer
+        if closer is not None and closer is not threading.current_thread():
+            closer.join()
+
+    def _close_when_idle(self) -> None:
+        sched = self.scheduler
+        with sched.cond:
+            while self._busy() and (sched.workers or sched.starting > 0):
+                sched.cond.wait(0.2)
+        sched.close(AntnestError("the cluster was shut down"))
         self._stop_keepalive.set()
         self._close_groups()
+        _live.discard(self)
+
+    def _busy(self) -> bool:
+        """Work that can still finish (scheduler lock held): submitted futures, and maps whose
+        results are read (a map waiting for its reader counts until the interpreter exits)."""
+        for call in self.scheduler.calls:
+            if isinstance(call, FutureCall):
+                if not call.idle:
+                    return True
+            elif not call.done and call is not getattr(self, "job_call", None):
+                waiting_for_reader = call.inflight == 0 and not call.exhausted and \
+                    call.taken - call.consumed >= call.ahead_limit()
+                if not (waiting_for_reader and _interpreter_exiting):
+                    return True
+        return False
 
     def _close_groups(self) -> None:
         for group in self._groups:
@@ -469,9 +568,32 @@ class Cluster(Executor):
         for group in self._groups:
             group.close()
 
+    def _broken_by_fork(self) -> None:
+        """In a forked child: fail every pending future at once, refuse new work. No lock is
+        taken (a parent thread may have held it at the fork) and nothing is stopped."""
+        error = ForkedCluster(self._pid, os.getpid())
+        self._shutdown = True
+        self._forked = error
+        for call in list(self.scheduler.calls):
+            if isinstance(call, FutureCall):
+                futures = list(call._futures.values()) + [f for _, f in call._queue]
+                for future in futures:
+                    try:
+                        if future.set_running_or_notify_cancel() or future.running():
+                            future.set_exception(error)
+                    except Exception:  # settled meanwhile
+                        pass
+            call.error = call.error or error
+        self.scheduler.closed = error
+
     def _check_open(self) -> None:
+        forked = getattr(self, "_forked", None)
+        if forked is not None or os.getpid() != self._pid:
+            raise forked or ForkedCluster(self._pid, os.getpid())
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         if self._shutdown:
-            raise RuntimeError("cannot schedule new work after shutdown")
+            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def __enter__(self) -> "Cluster":
         return self
@@ -496,6 +618,10 @@ class _JournaledCall(OrderedCall):
         super().reject(seq, error)
 
 
+def _deref(reference: Any) -> Any:
+    return reference() if type(reference) is weakref.ref else reference
+
+
 def _length(items: Any) -> Optional[int]:
     """How many taskunits, when split() returned something sized (a list); else None."""
     try:
@@ -506,7 +632,11 @@ def _length(items: Any) -> Optional[int]:
 
 def _raising_remote_types(call: OrderedCall, timer: Optional[threading.Timer]) -> Iterator[Any]:
     try:
-        yield from call.results(with_failures=False)
+        for value in call.results(with_failures=True):
+            if type(value) is Failure:
+                raise value.error
+            yield value
+            del value  # not kept while the caller waits for the next one
     except TaskError as error:
         raisable = as_raisable(error)
         raise raisable from raisable.__cause__
@@ -546,25 +676,12 @@ def resolve_hosts(inventory: Optional[PathLike], hosts: Union[None, str, Sequenc
 
 # -- shipping functions ---------------------------------------------------------------------------
 
-_SYSTEM_PATHS = tuple(
-    os.path.realpath(p) for p in {sysconfig.get_paths().get(k, "") for k in
-                                  ("stdlib", "platstdlib", "purelib", "platlib")} if p
-)
-_OWN_PATH = os.path.dirname(os.path.realpath(__file__))
-
-
 def _ship(fn: Callable) -> Callable:
     """Make sure the hosts get fn by value when its module exists only here (a test module,
     a script's neighbour): cloudpickle would otherwise send a reference they cannot import."""
     module = sys.modules.get(getattr(fn, "__module__", None) or "")
-    file = getattr(module, "__file__", None)
-    if module is not None and file and module.__name__ != "__main__":
-        path = os.path.realpath(file)
-        if not path.startswith(_SYSTEM_PATHS) and not path.startswith(_OWN_PATH):
-            try:
-                cloudpickle.register_pickle_by_value(module)
-            except ValueError:
-                pass
+    if module is not None and byvalue.is_local(module):
+        byvalue.ship_module(module)
     return fn
 
 

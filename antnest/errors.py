@@ -14,10 +14,14 @@
     ├── TaskError                  a taskunit failed for good: exit 1
     │   ├── RemoteError            ... raising an exception that could not be rebuilt here
     │   ├── TaskTimeout            ... running longer than the task timeout
-    │   └── TaskLost               ... killing the runners that ran it
+    │   ├── TaskLost               ... killing the runners that ran it
+    │   ├── UnpicklableData        ... its data not pickling here (also a pickle.PicklingError)
+    │   └── UndecodableData        ... its data (on the host) or result (here) not unpickling
+    │                                  (also a pickle.UnpicklingError)
     ├── JobFailed                  a job ended with failed taskunits (--keep-going summary)
     ├── JobCodeError               the job's split() or combine() raised, here on the master
     ├── JobTimeout                 the whole job ran out of time: exit 4
+    ├── ForkedCluster              a Cluster used in a child of os.fork() (also BrokenExecutor)
     └── LockedError                another run holds the lock: exit 75
 
 "Could not connect or boot" (HostError) is kept apart from "lost mid-task" (RunnerLost) and
@@ -26,6 +30,8 @@ other workers, the last one is the job's and is reported with the remote traceba
 """
 from __future__ import annotations
 
+import pickle
+from concurrent.futures import BrokenExecutor
 from typing import Any, Optional, Sequence
 
 
@@ -170,6 +176,16 @@ class TaskLost(TaskError):
     pass
 
 
+class UnpicklableData(TaskError, pickle.PicklingError):
+    """A taskunit's arguments cannot be pickled on the master: the PicklingError
+    concurrent.futures gives, naming the taskunit; the pickler's own error is __cause__."""
+
+
+class UndecodableData(TaskError, pickle.UnpicklingError):
+    """A taskunit's data did not unpickle on its host, or its result did not unpickle here
+    (even by raising SystemExit): that taskunit fails, the cluster goes on."""
+
+
 class JobFailed(AntnestError):
     """Raised at the end of a --keep-going run: `failures` holds every TaskError."""
 
@@ -211,6 +227,16 @@ class JobTimeout(AntnestError):
             f"job timed out after {format_seconds(seconds)}: "
             + (detail or f"{done} taskunits done, {pending} not done")
         )
+
+
+class ForkedCluster(AntnestError, BrokenExecutor):
+    """The runners, threads and pipes of a Cluster belong to the process that made it."""
+
+    def __init__(self, parent: int, child: int) -> None:
+        self.parent = parent
+        self.child = child
+        super().__init__(f"this Cluster belongs to process {parent}; process {child}, forked "
+                         "from it, cannot use it: create a new Cluster in the child")
 
 
 class LockedError(AntnestError):

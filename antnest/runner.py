@@ -12,8 +12,9 @@ here too, so there is exactly one definition of the wire.
                                                env, workdir, initializer
                                      ◀───────  SETUP_FAILED (what, traceback)  then it exits:
                                                a bad workdir, an initializer or setup() raised
-    TASKS   (batch, fn id, [data])   ───────▶  queued; run in order by the main thread
+    TASKS   (batch, fn id, n, pickled [data]) ▶  queued; run in order by the main thread
                                      ◀───────  RESULTS (batch, offset, [value], {i: error}, secs)
+                                     ◀───────  UNDECODABLE (batch, error)  its data did not unpickle
                                      ◀───────  LOG     (batch, index, text)  print()/fd 1/fd 2
                                      ◀───────  TIMEOUT (batch, index, secs)  then the runner exits
     PING                             ───────▶  keeps the idle watchdog quiet
@@ -62,6 +63,7 @@ class Kind(object):
     TIMEOUT = 8
     FATAL = 9
     SETUP_FAILED = 10
+    UNDECODABLE = 11
 
     @classmethod
     def all(cls):
@@ -468,7 +470,18 @@ class _Runner(object):
         _exit_now(5)
 
     def _run_batch(self, payload):
-        batch_id, fn_id, items = pickle.loads(payload)
+        task = pickle.loads(payload)  # plain ints and bytes: this cannot fail on user data
+        if len(task) == 3:
+            batch_id, fn_id, items = task
+        else:  # the data in its own pickle, so data that does not unpickle here names its batch
+            batch_id, fn_id, _count, blob = task
+            try:
+                items = pickle.loads(blob)
+            except BaseException as exc:  # even SystemExit: it is that batch's error, not ours
+                self.writer.send(Kind.UNDECODABLE, pickle.dumps(
+                    (batch_id, _describe_error(exc, skip_frames=1)), protocol=5))
+                return
+            del blob, task
         fn = self.functions.get(fn_id)
         cur = self.current
         values = []
@@ -512,31 +525,33 @@ class _Runner(object):
         record = (batch_id, offset, values, errors, elapsed)
         try:
             payload = pickle.dumps(record, protocol=5)
-        except Exception:
+        except BaseException:  # even SystemExit from a __reduce__: the fallback sorts it out
             payload = _pickle_with_fallback(record)
         self.writer.send(Kind.RESULTS, payload)
 
 
 def _pickle_with_fallback(record):
     """Some value needs cloudpickle (a lambda, a class made here); one that no pickler
-    takes turns into that taskunit's error instead of losing the batch."""
+    takes gets the pickler's own exception as that taskunit's error (as ProcessPoolExecutor
+    does) instead of losing the batch."""
     import cloudpickle
 
     try:
         return cloudpickle.dumps(record, protocol=5)
-    except Exception:
+    except BaseException:
         pass
     batch_id, offset, values, errors, elapsed = record
     for index, value in enumerate(values):
         try:
             cloudpickle.dumps(value, protocol=5)
-        except Exception as exc:
-            problem = TypeError(
-                "the result of this taskunit cannot be pickled: %s: %s" % (type(exc).__name__, exc)
-            )
-            errors[offset + index] = _describe_error(problem)
+        except BaseException as exc:
+            errors[offset + index] = _describe_error(exc)
             values[index] = None
-    return cloudpickle.dumps((batch_id, offset, values, errors, elapsed), protocol=5)
+    try:
+        return cloudpickle.dumps((batch_id, offset, values, errors, elapsed), protocol=5)
+    except BaseException:  # an error report that itself does not pickle: its text still goes
+        errors = {i: (None,) + tuple(desc[1:]) for i, desc in errors.items()}
+        return pickle.dumps((batch_id, offset, values, errors, elapsed), protocol=5)
 
 
 class _Unloadable(object):
@@ -568,17 +583,17 @@ def _describe_error(exc, skip_frames=0):
     try:
         blob = pickle.dumps(exc, protocol=5)
         pickle.loads(blob)
-    except Exception:
+    except BaseException:
         blob = None
         try:
             import cloudpickle
 
             blob = cloudpickle.dumps(exc, protocol=5)
-        except Exception:
+        except BaseException:
             blob = None
     try:
         message = str(exc)
-    except Exception:
+    except BaseException:
         message = "<unprintable>"
     return (blob, type(exc).__module__ + "." + type(exc).__qualname__, message, text)
 

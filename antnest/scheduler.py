@@ -30,6 +30,8 @@ from antnest.errors import (
     TaskError,
     TaskLost,
     TaskTimeout,
+    UndecodableData,
+    UnpicklableData,
     format_seconds,
 )
 
@@ -141,7 +143,7 @@ class _Feeder:
                 if count >= next_check:
                     while count - call.consumed >= call.ahead_limit() and call.error is None:
                         time.sleep(0.01)
-                    if call.error is not None:
+                    if call.error is not None or call.stop_reading:
                         return
                     # big items (MiB chunks) are checked one by one, small ones in blocks
                     big = type(item) in (bytes, bytearray, str) and len(item) > 65536
@@ -231,6 +233,8 @@ class Call:
         self.inflight = 0            # items in batches not yet fully accepted
         self.input_error: Optional[BaseException] = None
         self.host: Optional[str] = None  # set: only that host's runners take its taskunits
+        self.raise_in_order = False  # map: a failure is raised in its place, after earlier results
+        self.stop_reading = False
         self.durations: Deque[float] = collections.deque(maxlen=64)  # finished batches, s
 
     def tally(self, total: Optional[int] = None, resumed: int = 0) -> Tally:
@@ -332,7 +336,10 @@ class Call:
         """A taskunit failed for good."""
         self.inflight -= 1
         self.failures.append(error)
-        if not self.policy.keep_going:
+        if self.raise_in_order:  # nothing more is read; what came before still arrives
+            self.stop_reading = self.exhausted = True
+            self.accept_failure(seq, error)
+        elif not self.policy.keep_going:
             self.fail(error)
         else:
             self.accept_failure(seq, error)
@@ -410,9 +417,11 @@ class OrderedCall(Call):
                 sched.pump()
             if len(chunk) == 1 and type(chunk[0]) is Failure:
                 if with_failures:
-                    yield chunk[0]
+                    yield chunk.pop()
                 continue
-            yield from chunk
+            chunk.reverse()
+            while chunk:  # popped, so a value read and dropped by the caller is freed at once
+                yield chunk.pop()
 
 
 class UnorderedCall(OrderedCall):
@@ -437,6 +446,7 @@ class FutureCall(Call):
         self._queue: Deque[Tuple[Any, Future]] = collections.deque()
         self._futures: Dict[int, Future] = {}
         self.policy = Policy(**{**self.policy.__dict__, "keep_going": True})
+        self.retired = False  # its function is gone: forgotten once its futures are settled
 
     def add(self, item: Any) -> Future:
         future: Future = Future()
@@ -463,29 +473,107 @@ class FutureCall(Call):
 
     def accept(self, seq: int, values: list) -> None:
         self.inflight -= len(values)
-        for offset, value in enumerate(values):
-            self._futures.pop(seq + offset).set_result(value)
+        pop = self._futures.pop
+        self.scheduler.settle([(pop(seq + offset), value, None)
+                               for offset, value in enumerate(values)])
+        self._maybe_retire()
 
     def accept_failure(self, seq: int, error: TaskError) -> None:
-        self._futures.pop(seq).set_exception(as_raisable(error))
+        self.scheduler.settle([(self._futures.pop(seq), None, as_raisable(error))])
+        self._maybe_retire()
 
     def fail(self, error: BaseException) -> None:
-        for future in self._futures.values():
-            if not future.done():
-                future.set_exception(error)
+        actions: List[Tuple[Future, Any, BaseException]] = [
+            (future, None, error) for future in self._futures.values()]
         self._futures.clear()
         while self._queue:
             _, future = self._queue.popleft()
-            if future.set_running_or_notify_cancel():
-                future.set_exception(error)
+            actions.append((future, _START, error))
         self.inflight = 0
+        self.scheduler.settle(actions)
+        self._maybe_retire()
 
-    def cancel_pending(self) -> None:
-        while self._queue:
-            self._queue.popleft()[1].cancel()
+    def cancel_pending(self) -> List[Future]:
+        """Take the queued futures out; the caller cancels them outside the lock."""
+        futures = [future for _, future in self._queue]
+        self._queue.clear()
+        self._maybe_retire()
+        return futures
 
-    def _on_end(self) -> None:  # lives as long as the cluster
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._futures and self.inflight == 0
+
+    def _maybe_retire(self) -> None:
+        if self.retired and self.idle:
+            self.scheduler.forget(self)
+
+    def _on_end(self) -> None:  # lives as long as its function is submitted
         pass
+
+
+_START = object()  # settle: the future was still pending; start it first (it may be cancelled)
+
+
+class Settler:
+    """Sets futures' outcomes outside the scheduler lock, on threads of its own: done-callbacks
+    may take their time, submit more work and wait for it (a stuck one gets company: see grow)."""
+
+    GROW_AFTER = 0.2  # seconds every settler thread has been busy with one callback
+
+    def __init__(self) -> None:
+        self._queue: Deque[Tuple[Future, Any, Optional[BaseException]]] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._busy_since: Dict[int, float] = {}   # thread id -> when its current action began
+        self._idle = 0
+
+    def put(self, actions: list) -> None:
+        if not actions:
+            return
+        with self._cond:
+            self._queue.extend(actions)
+            if self._idle:
+                self._cond.notify()
+            elif not self._busy_since:
+                self._start()
+
+    def grow(self) -> None:
+        """Called now and then (the cluster's monitor): work waits and every thread is stuck."""
+        now = time.monotonic()
+        with self._cond:
+            if self._queue and not self._idle and all(
+                    now - since > self.GROW_AFTER for since in self._busy_since.values()):
+                self._start()
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._run, name="antnest-settle", daemon=True)
+        self._busy_since[id(thread)] = time.monotonic()
+        thread.start()
+
+    def _run(self) -> None:
+        me = id(threading.current_thread())
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._idle += 1
+                    woken = self._cond.wait(5.0)
+                    self._idle -= 1
+                    if not woken and not self._queue:
+                        del self._busy_since[me]  # idle a while: `put` starts a new one
+                        return
+                future, value, error = self._queue.popleft()
+                self._busy_since[me] = time.monotonic()
+            try:
+                if value is _START:
+                    if future.set_running_or_notify_cancel():
+                        future.set_exception(error)
+                elif error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(value)
+            except Exception:  # InvalidStateError: settled elsewhere already (a race with
+                log.debug("future settled twice", exc_info=True)  # cancel or shutdown)
+            del future, value, error
 
 
 def progress_of(call: Optional[Call], tally: Optional[Tally] = None) -> str:
@@ -528,7 +616,7 @@ def build_task_error(batch: Batch, index: int, host: str, desc: tuple) -> TaskEr
     if blob is not None:
         try:
             exc = pickle.loads(blob)
-        except Exception as load_error:
+        except BaseException as load_error:  # even SystemExit: the text still tells
             log.debug("cannot rebuild remote %s here: %s", type_name, load_error)
             exc = None
     seq = batch.first_seq + index
@@ -559,6 +647,11 @@ class Scheduler:
         self.closed: Optional[BaseException] = None
         self.starting = 0            # runners booting; no worker and none starting: no way on
         self.stats: "collections.Counter[str]" = collections.Counter()
+        self.settler = Settler()
+
+    def settle(self, actions: list) -> None:
+        """Futures to resolve; done outside this lock (callbacks must not run under it)."""
+        self.settler.put(actions)
 
     # -- registration --------------------------------------------------------------------
     def add_call(self, call: Call) -> Call:
@@ -893,12 +986,54 @@ class Scheduler:
                 return
             for index in batch.unfinished():
                 seq = batch.first_seq + index
-                error = TaskError(seq, "master", f"its data cannot be pickled: "
-                                  f"{type(exc).__name__}: {exc}", data=batch.items[index])
+                error = UnpicklableData(seq, "master", f"its data cannot be pickled: "
+                                        f"{type(exc).__name__}: {exc}", data=batch.items[index])
+                error.__cause__ = exc
                 error.exception = None
                 batch.filled[batch.base + index] = 1
                 self.stats["failed"] += 1
                 batch.call.reject(seq, error)
+
+    def on_undecodable(self, worker: Any, head: Optional[tuple], error: Any, where: str) -> None:
+        """A batch's data did not unpickle on its runner (`error` is the runner's description),
+        or a RESULTS record did not unpickle here (`error` is the exception). The taskunits are
+        tried one by one; one that alone does not decode fails with UndecodableData."""
+        with self.cond:
+            if head is None:  # not even the batch id could be read: the batch running there
+                batch, offset = next(iter(worker.inflight.values()), None), 0
+            else:
+                batch, offset = worker.inflight.get(head[0]), head[1]
+            if batch is None:
+                return
+            todo = [i for i in batch.unfinished() if i >= offset]
+            if batch.call.error is None and len(todo) > 1:
+                for index in todo:
+                    self.requeued.append(batch.part(index, index + 1, fresh=True))
+                    batch.filled[batch.base + index] = 1
+            elif todo:
+                index = todo[0]
+                seq = batch.first_seq + index
+                if isinstance(error, BaseException):
+                    import traceback
+
+                    text = "".join(traceback.format_exception(type(error), error,
+                                                              error.__traceback__))
+                    what = f"its result cannot be unpickled on the master: " \
+                           f"{type(error).__name__}: {error}"
+                else:
+                    _blob, type_name, message, text = error
+                    what = f"its data cannot be unpickled on {where}: " \
+                           f"{type_name.replace('builtins.', '')}: {message}"
+                failure = UndecodableData(seq, where, what, data=batch.items[index],
+                                          remote_traceback=text)
+                failure.exception = None
+                batch.filled[batch.base + index] = 1
+                if batch.call.error is None:
+                    self.stats["failed"] += 1
+                    batch.call.reject(seq, failure)
+            if batch.filled.find(0, batch.base, batch.base + len(batch.items)) == -1:
+                self._finished(worker, batch)
+        self.pump()
 
     # -- shutdown ------------------------------------------------------------------------
     def close(self, error: BaseException) -> None:

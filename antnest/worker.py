@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional
 
-from antnest import runner
+from antnest import byvalue, runner
 from antnest.errors import BootstrapError, ConnectError, HostError, RunnerLost, format_seconds
 from antnest.host import Host
 from antnest.runner import FrameReader, Kind, decode_hello, encode, frame
@@ -345,8 +345,16 @@ class Worker:
                     break
                 kind, payload = frame
                 if kind == Kind.RESULTS:
-                    record = pickle.loads(payload)
+                    try:
+                        record = pickle.loads(payload)
+                    except BaseException as exc:  # even SystemExit: that taskunit's error
+                        sched.on_undecodable(self, undecodable_head(payload), exc, "master")
+                        continue
                     self.group.state.done += sched.on_results(self, record, len(payload))
+                    del record  # the values must not outlive their readers (weakrefs, memory)
+                elif kind == Kind.UNDECODABLE:
+                    batch_id, desc = pickle.loads(payload)
+                    sched.on_undecodable(self, (batch_id, 0), desc, self.host_name)
                 elif kind == Kind.LOG:
                     self._log(payload)
                 elif kind == Kind.TIMEOUT:
@@ -399,24 +407,31 @@ class Worker:
                     return gave_back
                 call = batch.call
                 try:
+                    blob = byvalue.dumps(batch.items, self.pickle_protocol)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # data that cannot be pickled: those taskunits fail
+                    self.scheduler.unsendable(self, batch, exc)
+                    gave_back = True
+                    continue
+                try:
                     parts: tuple = ()
                     if call.fn_id not in self.loaded:
                         options = {"task_timeout": call.policy.task_timeout,
                                    "setup": call.setup}
                         parts = frame(Kind.JOB, pickle.dumps(
                             (call.fn_id, call.fn_blob, options), protocol=self.pickle_protocol))
-                        self.loaded.add(call.fn_id)
-                    payload = pickle.dumps((batch.id, call.fn_id, batch.items),
+                    # the data in a pickle of its own: a runner that cannot load it says which batch
+                    payload = pickle.dumps((batch.id, call.fn_id, len(batch.items), blob),
                                            protocol=self.pickle_protocol)
+                    del blob
                     call.learn_sent(len(batch.items), len(payload))
                     self.proc.send(*parts, *frame(Kind.TASKS, payload))
+                    self.loaded.add(call.fn_id)
                 except link_errors() + (AttributeError,) as exc:
                     log.debug("%s: send failed: %s", self.label, exc)
                     self.proc.kill()  # the reader sees EOF and gives the batches back
                     return gave_back
-                except Exception as exc:  # data that cannot be pickled
-                    self.scheduler.unsendable(self, batch, exc)
-                    gave_back = True
 
     def ping(self) -> None:
         if not self.accepting or not self.send_lock.acquire(timeout=0.1):
@@ -427,6 +442,24 @@ class Worker:
             pass
         finally:
             self.send_lock.release()
+
+
+def undecodable_head(payload: bytes) -> Optional[tuple]:
+    """(batch id, offset) of a RESULTS record that does not unpickle here: its first two ints,
+    read from the opcodes without running any of them."""
+    import pickletools
+
+    found: list = []
+    try:
+        for opcode, arg, _ in pickletools.genops(payload):
+            if isinstance(arg, int) and not isinstance(arg, bool) and opcode.name not in (
+                    "PROTO", "FRAME", "MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT"):
+                found.append(arg)
+                if len(found) == 2:
+                    return tuple(found)
+    except Exception:  # a truncated or garbled stream: nothing to attribute it to
+        return None
+    return None
 
 
 def _python_version() -> str:
