@@ -362,6 +362,8 @@ class Cluster(Executor):
         `chunksize` is accepted for compatibility; batch sizes adapt on their own. With
         `shared=obj`, each call is fn(*args, obj) and obj travels once per runner, with fn."""
         self._check_open()
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         call = OrderedCall(self.scheduler, _star(fn, shared), zip(*iterables), name=_name(fn))
@@ -579,7 +581,7 @@ class Cluster(Executor):
                 futures = list(call._futures.values()) + [f for _, f in call._queue]
                 for future in futures:
                     try:
-                        if future.set_running_or_notify_cancel() or future.running():
+                        if future.running() or future.set_running_or_notify_cancel():
                             future.set_exception(error)
                     except Exception:  # settled meanwhile
                         pass
@@ -632,11 +634,7 @@ def _length(items: Any) -> Optional[int]:
 
 def _raising_remote_types(call: OrderedCall, timer: Optional[threading.Timer]) -> Iterator[Any]:
     try:
-        for value in call.results(with_failures=True):
-            if type(value) is Failure:
-                raise value.error
-            yield value
-            del value  # not kept while the caller waits for the next one
+        yield from call.results(raise_failures=True)  # no local holds the value last yielded
     except TaskError as error:
         raisable = as_raisable(error)
         raise raisable from raisable.__cause__

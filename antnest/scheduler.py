@@ -399,8 +399,9 @@ class OrderedCall(Call):
             self.scheduler.cond.notify_all()
         self._maybe_done()
 
-    def results(self, with_failures: bool = False) -> Iterator[Any]:
-        """Values in order; a Failure object stands for a failed taskunit when asked for."""
+    def results(self, with_failures: bool = False, raise_failures: bool = False) -> Iterator[Any]:
+        """Values in order; a Failure object stands for a failed taskunit when asked for, or
+        its error is raised in its place (raise_failures)."""
         sched = self.scheduler
         while True:
             with sched.cond:
@@ -416,6 +417,8 @@ class OrderedCall(Call):
             if throttled:
                 sched.pump()
             if len(chunk) == 1 and type(chunk[0]) is Failure:
+                if raise_failures:
+                    raise chunk.pop().error
                 if with_failures:
                     yield chunk.pop()
                 continue

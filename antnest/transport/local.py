@@ -37,29 +37,61 @@ class LocalProcess:
                                  f"{exc.strerror or exc}", status="no python") from None
         self.pid = self._proc.pid
         assert self._proc.stdin and self._proc.stdout and self._proc.stderr  # PIPE, all three
-        self._pipes = (self._proc.stdin, self._proc.stdout, self._proc.stderr)
-        self._stdin = self._proc.stdin.fileno()
-        self._stdout = self._proc.stdout.fileno()
+        # Raw fd numbers are only used while their pipe is open: a closed fd's number is soon
+        # another runner's pipe, and a late send or read on it would cross the streams. stdin
+        # is closed under the send lock; stdout and stderr only by the thread reading them, at EOF.
+        self._stdin: Optional[int] = self._proc.stdin.fileno()
+        self._stdout: Optional[int] = self._proc.stdout.fileno()
+        self._send_lock = threading.Lock()
         self._stderr_tail: collections.deque = collections.deque(maxlen=64)
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         self.send(bootstrap.stage2())
 
     def _drain_stderr(self) -> None:
-        for line in self._pipes[2]:
-            self._stderr_tail.append(line.decode("utf-8", "replace"))
+        stream = self._proc.stderr
+        assert stream is not None
+        try:
+            for line in stream:
+                self._stderr_tail.append(line.decode("utf-8", "replace"))
+        except (OSError, ValueError):  # pragma: no cover - closed under us: nothing more to read
+            pass
+        finally:
+            stream.close()
 
     def send(self, *chunks: bytes) -> None:
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(self._stdin, view):]
+        with self._send_lock:
+            if self._stdin is None:
+                raise BrokenPipeError(f"{self.label}: the runner's stdin is closed")
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self._stdin, view):]
 
     def recv(self, size: int) -> bytes:
-        return os.read(self._stdout, size)
+        """Called by one reader thread; b'' at EOF (and the pipe is closed then)."""
+        if self._stdout is None:
+            return b""
+        data = os.read(self._stdout, size)
+        if not data:
+            self._stdout = None
+            assert self._proc.stdout is not None
+            self._proc.stdout.close()
+        return data
 
     def close(self) -> None:
+        """EOF on the runner's stdin: it exits. A send blocked on a full pipe keeps the lock;
+        then kill() closes it."""
+        if self._send_lock.acquire(timeout=0.5):
+            try:
+                self._close_stdin()
+            finally:
+                self._send_lock.release()
+
+    def _close_stdin(self) -> None:
+        self._stdin = None
         try:
-            self._pipes[0].close()
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
         except OSError:
             pass
 
@@ -78,11 +110,8 @@ class LocalProcess:
             self._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        for stream in self._pipes[1:]:
-            try:
-                stream.close()
-            except OSError:
-                pass
+        with self._send_lock:  # a send blocked on the dead runner's pipe has failed by now
+            self._close_stdin()
 
     def diagnose(self) -> str:
         try:
