@@ -373,3 +373,18 @@ def blackhole() -> Iterator[Blackhole]:
 
 
 # === end of ops/api fixtures ====================================================================
+
+
+# === no test can hang (issue 13) =================================================================
+# Every test without its own pytest-timeout mark gets this bound: a stuck wait fails the test
+# (with the stacks of every thread) instead of stalling the suite.
+
+DEFAULT_TEST_TIMEOUT = 900
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: _List[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("timeout"):
+        return
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT))
