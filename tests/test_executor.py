@@ -12,7 +12,7 @@ Stdlib cases not run, and why:
   test_processes_terminate, test_idle_process_reuse*, test_max_tasks_per_child*,
   test_ressources_gced_in_workers, test_gh105829*, test_python_finalization_error,
   test_force_shutdown, test_shutdown_gh_132969*, test_killed_child, test_mp_context*,
-  test_initializer (issue 15): pool internals (threads, processes, queues, mp contexts)
+  test_initializer* (Cluster initializer=: tests of issue 15): pool internals (threads, processes, queues, mp contexts)
   antnest does not have; a Cluster is kept alive by its threads until shutdown() or exit.
 - test_traceback's check for the raising line's text: remote tracebacks of code shipped by
   value carry no source lines yet (issue 11 ships source); the chained cause is checked.
