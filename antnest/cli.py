@@ -190,6 +190,8 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--forks", type=int, metavar="N",
                        help="at most N hosts connecting at once (default: an adaptive window "
                             "of handshakes, 8 growing to 64)")
+    where.add_argument("--max-procs-total", type=int, metavar="N",
+                       help="at most N runners over all hosts together (each host keeps one)")
     where.add_argument("--dry-run", action="store_true",
                        help="connect to nothing: print the hosts, the job, its first taskunits "
                             "and what --resume would skip; exit 0 or 2")
@@ -334,6 +336,7 @@ def _run(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> int:
             env=env,
             workdir=args.workdir,
             forks=args.forks,
+            max_procs_total=args.max_procs_total,
             **_cluster_options(args),
         ) as cluster:
             if state is not None:

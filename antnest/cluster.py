@@ -130,6 +130,7 @@ class Cluster(Executor):
         initializer: Optional[Callable[..., Any]] = None,
         initargs: Tuple[Any, ...] = (),
         forks: Optional[int] = None,
+        max_procs_total: Optional[int] = None,
     ) -> None:
         if retries < 0 or max_lost < 0:
             raise UsageError("retries and max_lost must be 0 or more")
@@ -157,6 +158,12 @@ class Cluster(Executor):
             compress=compress,
         )
         host_list = resolve_hosts(inventory, hosts, limit, procs, ssh_config)
+        if max_procs_total is not None and max_procs_total < len(host_list):
+            raise UsageError(f"max_procs_total {max_procs_total} is below the number of hosts "
+                             f"({len(host_list)}): every host needs a runner; select fewer "
+                             "with --limit")
+        # Runners beyond each host's first, still to hand out (None: no cap).
+        self._extra_budget = None if max_procs_total is None else max_procs_total - len(host_list)
         if any(not h.local for h in host_list):   # a socket or more per host: lift the soft cap
             raise_open_files_limit()
         self.scheduler = Scheduler(self.policy, no_hosts_error=self._no_hosts_error)
@@ -187,6 +194,16 @@ class Cluster(Executor):
         _live.add(self)
 
     # -- hosts -----------------------------------------------------------------------------
+    def extra_runners(self, wanted: int) -> int:
+        """How many runners beyond its first a host may start, within --max-procs-total (hosts
+        take them as they come up: fixed procs at start, procs=auto at their HELLO)."""
+        with self._lock:
+            if self._extra_budget is None:
+                return wanted
+            granted = max(0, min(wanted, self._extra_budget))
+            self._extra_budget -= granted
+            return granted
+
     def runner_options(self, host: Host) -> Dict[str, Any]:
         """What every runner of `host` is told before any user code: env, workdir, initializer."""
         options: Dict[str, Any] = {}

@@ -77,7 +77,9 @@ class HostGroup:
     def start(self) -> None:
         """Boot every runner at once when the count is known; with procs=auto, boot one and
         the rest once its HELLO tells the CPU count."""
-        count = self.target_procs or 1
+        count = 1 + self.cluster.extra_runners(self.target_procs - 1) if self.target_procs else 1
+        if self.target_procs:
+            self.target_procs = count
         self.workers.extend(Worker(self, i) for i in range(count))
         for worker in self.workers:
             worker.start()
@@ -97,7 +99,7 @@ class HostGroup:
                      self.state.cloudpickle)
             if self.target_procs is not None:
                 return
-            wanted = hello["cpus"] or 1
+            wanted = 1 + self.cluster.extra_runners((hello["cpus"] or 1) - 1)
             self.target_procs = wanted
             extra = [Worker(self, i) for i in range(1, wanted)]
             self.workers.extend(extra)

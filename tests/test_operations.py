@@ -394,3 +394,26 @@ def test_a_jobs_shared_data_travels_once_per_runner(fleet: SshdFleet, tmp_path: 
         pid, grown = line.split()
         by_runner.setdefault(pid, []).append(int(grown))
     assert any(max(sizes) > 1 for sizes in by_runner.values())  # one copy per runner, growing
+
+
+# -- max procs total -------------------------------------------------------------------------
+
+def test_max_procs_total_caps_runners_over_the_fleet(fleet: SshdFleet, fleet_inventory: Path,
+                                                     fleet_leftovers: Any) -> None:
+    with antnest.Cluster(fleet_inventory, known_hosts=[fleet.known_hosts],
+                         max_procs_total=4) as cluster:   # procs auto: granted at each HELLO
+        states = cluster.wait_for_hosts()
+        assert list(cluster.map(abs, range(-20, 0))) == list(range(20, 0, -1))
+    wanted = sum(s.cpus or 1 for s in states)
+    assert sum(s.procs for s in states) == min(4, wanted) and all(s.procs >= 1 for s in states)
+    with pytest.raises(antnest.errors.UsageError, match="below the number of hosts"):
+        antnest.Cluster(fleet_inventory, known_hosts=[fleet.known_hosts], max_procs_total=2)
+
+
+def test_max_procs_total_with_fixed_procs_locally(run_cli: Any, tmp_path: Path) -> None:
+    job = write_job(tmp_path, "import os\n\ndef processor(item):\n    return os.getpid()\n\n"
+                              "def combine(results):\n    print(len(set(results)))\n\n"
+                              "input_data = list(range(200))\n")
+    done = run_cli("run", "--procs", "4", "--max-procs-total", "1", job)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]
