@@ -11,7 +11,7 @@ from typing import Optional as _Optional
 from typing import Union as _Union
 
 from antnest import errors
-from antnest.cluster import Cluster
+from antnest.cluster import Cluster, HostResults
 from antnest.errors import AntnestError
 from antnest.host import Host
 from antnest.job import Job, load
@@ -30,6 +30,7 @@ __all__ = [
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
     "Host",
+    "HostResults",
     "Job",
     "TaskUnit",
     "__version__",

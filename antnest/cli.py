@@ -416,6 +416,10 @@ def cmd_inventory(args: argparse.Namespace) -> int:
             extras.append("via " + " -> ".join(row["jump"]))
         if row["proxy_command"]:
             extras.append(f"proxy_command={row['proxy_command']!r}")
+        if row.get("env"):  # names only: values may be secrets
+            extras.append("env=" + ",".join(row["env"]))
+        if row.get("workdir"):
+            extras.append(f"workdir={row['workdir']}")
         extras.append("groups=" + ",".join(row["groups"]))
         print(f"{row['name']}\t{target}\t" + " ".join(extras))
     return EXIT_OK

@@ -90,6 +90,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class HostResults(Dict[str, Any]):
+    """What on_each_host returns: {host name: result or exception}, in inventory order, with
+    the hosts that answered and those that did not (as Fabric's GroupResult)."""
+
+    @property
+    def succeeded(self) -> Dict[str, Any]:
+        return {name: value for name, value in self.items() if not isinstance(value, BaseException)}
+
+    @property
+    def failed(self) -> Dict[str, BaseException]:
+        return {name: value for name, value in self.items() if isinstance(value, BaseException)}
+
+
 class _NotShared:
     """map(..., shared=) not given (None is a value one may share)."""
 
@@ -218,7 +231,7 @@ class Cluster(Executor):
         return options
 
     def on_each_host(self, fn: Callable[..., Any], /, *args: Any,
-                     **kwargs: Any) -> Dict[str, Any]:
+                     **kwargs: Any) -> HostResults:
         """fn(*args, **kwargs) once on one runner of every host: {host name: result}. A host
         that failed, is lost, or whose call raised maps to that exception (nothing is raised).
         Waits for every host to finish starting first."""
@@ -267,7 +280,7 @@ class Cluster(Executor):
                 for call in calls:
                     call.error = call.error or AntnestError("on_each_host() has ended")
                     self.scheduler.forget(call)
-        return {group.name: results[group.name] for group in self._groups}
+        return HostResults((group.name, results[group.name]) for group in self._groups)
 
     def _wait_for_first_worker(self) -> None:
         sched = self.scheduler

@@ -127,7 +127,8 @@ def _finish(run: HostRun, code: Optional[int], timed_out: bool, stopped: bool,
             timeout: Optional[float]) -> None:
     if timed_out:
         run.status = "timeout"
-        run.error = f"{run.name}: still running after {timeout:g} s (--timeout); its channel was closed"
+        run.error = (f"{run.name}: still running after {timeout:g} s (--timeout); its channel "
+                     "was closed")
     elif stopped:
         run.status = "interrupted"
     elif code is None or code < 0:
@@ -159,7 +160,8 @@ def _run_ssh(host: Host, command: str, options: SshOptions, run: HostRun,
             if channel.recv_stderr_ready():
                 err.feed(channel.recv_stderr(65536))
                 busy = True
-            if not busy and channel.exit_status_ready() and (channel.eof_received or channel.closed):
+            ended = channel.eof_received or channel.closed
+            if not busy and ended and channel.exit_status_ready():
                 break
             if stop.is_set() or (deadline is not None and time.monotonic() > deadline):
                 timed_out = not stop.is_set()

@@ -43,6 +43,8 @@ def test_on_each_host_answers_once_per_fleet_host(fleet: SshdFleet, fleet_invent
     with antnest.Cluster(fleet_inventory, known_hosts=[fleet.known_hosts], procs=2) as cluster:
         homes = cluster.on_each_host(_home)
         failures = cluster.on_each_host(_fail_here)
+        assert isinstance(homes, antnest.HostResults) and homes.failed == {}
+        assert failures.succeeded == {} and failures.failed == dict(failures)
         after = list(cluster.map(abs, [-1, -2, -3]))  # the cluster is still fine afterwards
     assert homes == {h.name: str(h.home) for h in fleet.hosts}
     assert set(failures) == {h.name for h in fleet.hosts}
@@ -288,7 +290,8 @@ def test_env_errors_are_bad_input(tmp_path: Path, run_cli: Any) -> None:
     assert local.stdout.splitlines() == [f"{tmp_path} None here None"]
 
 
-def test_native_inventory_env_layers_defaults_groups_hosts(tmp_path: Path) -> None:
+def test_native_inventory_env_layers_defaults_groups_hosts(tmp_path: Path,
+                                                           run_cli: Any) -> None:
     from antnest.inventory import load_hosts
 
     inventory = tmp_path / "hosts.yaml"
@@ -301,6 +304,9 @@ def test_native_inventory_env_layers_defaults_groups_hosts(tmp_path: Path) -> No
     assert dict(hosts["n1"].env) == {"A": "1", "B": "web", "C": "true", "D": "d"}
     assert hosts["n1"].workdir == "/web"
     assert dict(hosts["n2"].env) == {"A": "1", "B": "2"} and hosts["n2"].workdir == "~/data"
+    shown = run_cli("inventory", "-i", inventory)
+    assert shown.returncode == 0, shown.stderr
+    assert "env=A,B,C,D workdir=/web" in shown.stdout and "env=A,B workdir=~/data" in shown.stdout
     inventory.write_text("hosts:\n  - name: n1\n    env: {1X: a}\n")
     with pytest.raises(antnest.errors.InventoryError, match=r"hosts\[0\]\.env"):
         load_hosts(inventory)
