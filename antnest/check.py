@@ -96,7 +96,7 @@ def _probe(host: Host, row: HostCheck, options: SshOptions) -> None:
         row.status = exc.status
         row.error = exc.problem
     except Exception as exc:  # anything unexpected still gets a row, not a traceback
-        row.status = "error"
+        row.status = "bootstrap failed"
         row.error = f"{type(exc).__name__}: {exc}"
     finally:
         if proc is not None:

@@ -355,3 +355,15 @@ def test_a_timed_out_taskunits_children_are_stopped(target, tmp_path: Path) -> N
         left = _wait_gone(_pids_of(f"^sleep {seconds}2$"))
         _kill(left)
         assert left == []
+
+
+# --- antnest check says `no python`, never a socket error ---------------------------------------
+
+def test_check_names_a_missing_interpreter_every_time(fleet, tmp_path: Path, run_cli) -> None:
+    inventory = fleet.write_inventory(tmp_path / "bad.yaml", python="python3.99")
+    for attempt in range(3):
+        result = run_cli("check", "-i", inventory, "--known-hosts", fleet.known_hosts, "--json")
+        assert result.returncode == 3, result.stderr
+        rows = json.loads(result.stdout)
+        assert [row["status"] for row in rows] == ["no python"] * len(rows), rows
+        assert all("python3.99" in row["error"] and "127" in row["error"] for row in rows), rows

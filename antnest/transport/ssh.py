@@ -423,7 +423,12 @@ class SshProcess:
         self.label = label
         self._channel = channel
         channel.exec_command(bootstrap.command(python))
-        channel.sendall(bootstrap.stage2())
+        try:
+            channel.sendall(bootstrap.stage2())
+        except (OSError, EOFError, paramiko.SSHException):
+            # The command died at once (no such interpreter): the reader sees EOF next, and
+            # diagnose() reads its exit status and stderr, which are what to report.
+            pass
 
     def set_timeout(self, seconds: Optional[float]) -> None:
         """A recv that hears nothing (not even a heartbeat) this long raises socket.timeout."""
