@@ -44,7 +44,8 @@ _ADDRESS = re.compile(r"\[?[0-9A-Fa-f]*:[0-9A-Fa-f:.%\[\]]*\]?(?::[0-9]+)?")
 
 def select(hosts: Sequence[Host], pattern: str, members: Optional[Members] = None,
            ) -> List[Host]:
-    """The hosts ``pattern`` names, in inventory order; a pattern naming none is an error.
+    """The hosts ``pattern`` names, in inventory order. A pattern selecting no host is an error;
+    a term matching nothing while the others select hosts is a warning (Ansible's rule).
 
     ``members`` gives each group's hosts in Ansible's order (the Ansible reader knows it);
     without it, groups come from ``Host.groups`` in inventory order.
@@ -52,11 +53,16 @@ def select(hosts: Sequence[Host], pattern: str, members: Optional[Members] = Non
     members = members if members is not None else _members(hosts)
     names = [host.name for host in hosts]
     terms = _limit_terms(pattern)
-    chosen = set(_evaluate(terms, names, members)) if terms else set(names)
+    unmatched: List[str] = []
+    chosen = set(_evaluate(terms, names, members, unmatched)) if terms else set(names)
     result = [host for host in hosts if host.name in chosen]
     if not result:
-        raise InventoryError("--limit", f"{pattern!r} matches no host; groups are: "
+        nothing = f" ({', '.join(map(repr, unmatched))} matches no host or group)" if unmatched else ""
+        raise InventoryError("--limit", f"{pattern!r} matches no host{nothing}; groups are: "
                              f"{', '.join(sorted(members))}")
+    for term in unmatched:  # as Ansible does: the rest of the pattern still selects hosts
+        log.warning("--limit: %r matches no host or group; going on with the %d host(s) the "
+                    "rest of %r selects", term, len(result), pattern)
     return result
 
 
@@ -104,7 +110,8 @@ def _pattern_file(path: str) -> List[str]:
         raise InventoryError("--limit", f"cannot read limit file {path!r}: {exc}") from exc
 
 
-def _evaluate(terms: List[str], names: List[str], members: Members) -> List[str]:
+def _evaluate(terms: List[str], names: List[str], members: Members,
+              unmatched: List[str]) -> List[str]:
     """Ansible's order: unions, then intersections, then exclusions."""
     terms = [t for t in terms if t]
     for term in terms:
@@ -119,7 +126,7 @@ def _evaluate(terms: List[str], names: List[str], members: Members) -> List[str]
         if term in known:
             chosen.append(term)
             continue
-        that = _match_one(term[1:] if term[0] in "&!" else term, names, members)
+        that = _match_one(term[1:] if term[0] in "&!" else term, names, members, unmatched)
         if term[0] == "!":
             chosen = [n for n in chosen if n not in set(that)]
         elif term[0] == "&":
@@ -129,9 +136,10 @@ def _evaluate(terms: List[str], names: List[str], members: Members) -> List[str]
     return chosen
 
 
-def _match_one(term: str, names: List[str], members: Members) -> List[str]:
+def _match_one(term: str, names: List[str], members: Members,
+               unmatched: Optional[List[str]] = None) -> List[str]:
     expr, subscript = _split_subscript(term)
-    found = _enumerate(expr, names, members)
+    found = _enumerate(expr, names, members, unmatched)
     if not found or subscript is None:
         return found
     start, end = subscript
@@ -159,7 +167,8 @@ def _split_subscript(term: str) -> Tuple[str, Optional[Tuple[int, int]]]:
     return expr, (int(start), int(end) if end else -1)
 
 
-def _enumerate(expr: str, names: List[str], members: Members) -> List[str]:
+def _enumerate(expr: str, names: List[str], members: Members,
+               unmatched: Optional[List[str]] = None) -> List[str]:
     try:
         regex = re.compile(expr[1:] if expr.startswith("~") else translate(expr))
     except re.error as exc:
@@ -170,6 +179,6 @@ def _enumerate(expr: str, names: List[str], members: Members) -> List[str]:
         found += members[group]
     if not groups or expr.startswith("~") or any(c in expr for c in _SPECIAL):
         found += [name for name in names if regex.match(name)]
-    if not found and not groups and expr != "all":
-        log.warning("--limit: %r matches no host or group; ignoring it", expr)
+    if not found and not groups and expr != "all" and unmatched is not None:
+        unmatched.append(expr)   # select() warns, or names it in its error
     return found

@@ -367,3 +367,21 @@ def test_check_names_a_missing_interpreter_every_time(fleet, tmp_path: Path, run
         rows = json.loads(result.stdout)
         assert [row["status"] for row in rows] == ["no python"] * len(rows), rows
         assert all("python3.99" in row["error"] and "127" in row["error"] for row in rows), rows
+
+
+# --- --limit: Ansible's rule, and no "ignoring it" before an exit 2 -----------------------------
+
+def test_limit_partly_unmatched_warns_and_goes_on(tmp_path: Path, run_cli) -> None:
+    inventory = write(tmp_path / "hosts.yaml", """
+        hosts:
+          - h1
+          - h2
+    """)
+    some = run_cli("inventory", "-i", inventory, "-l", "h1:nope")
+    assert some.returncode == 0, some.stderr
+    assert some.stdout.split("\t")[0] == "h1"
+    assert "'nope' matches no host or group; going on with the 1 host(s)" in some.stderr
+    none = run_cli("inventory", "-i", inventory, "-l", "nope:nada")
+    assert none.returncode == 2
+    assert "ignoring" not in none.stderr and "going on" not in none.stderr
+    assert "'nope:nada' matches no host ('nope', 'nada' matches no host or group)" in none.stderr
