@@ -385,3 +385,17 @@ def test_limit_partly_unmatched_warns_and_goes_on(tmp_path: Path, run_cli) -> No
     assert none.returncode == 2
     assert "ignoring" not in none.stderr and "going on" not in none.stderr
     assert "'nope:nada' matches no host ('nope', 'nada' matches no host or group)" in none.stderr
+
+
+# --- README's set-up works on a PEP 668 system Python -------------------------------------------
+
+def test_readme_set_up_installs_into_a_venv() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    commands = [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
+    first, second = commands
+    assert first.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install . ")
+    assert first.endswith("antnest run jobs/reverse.py")
+    assert second.startswith(". .venv/bin/activate && pip install -e '.[test]'")
+    assert "pipx install ." in section
