@@ -14,6 +14,7 @@ from antnest import errors
 from antnest.cluster import Cluster, HostResults
 from antnest.errors import AntnestError
 from antnest.host import Host
+from antnest.job import NO_VALUE as _NO_VALUE
 from antnest.job import Job, load
 from antnest.taskunit import TaskUnit
 
@@ -43,11 +44,13 @@ __all__ = [
 
 
 def run(job: "_Union[str, Job]", input: "_Any" = None, *, output: "_Optional[_IO[str]]" = None,
-        timeout: "_Optional[float]" = None, **cluster_options: "_Any") -> "_Any":
+        timeout: "_Optional[float]" = None, input_data: "_Any" = _NO_VALUE,
+        **cluster_options: "_Any") -> "_Any":
     """One-shot: start a Cluster (keyword arguments as for Cluster), run the job, shut down.
+    `input` and `input_data` as for Cluster.run.
 
     >>> antnest.run("jobs/reverse.py", inventory="inventory/hosts.yaml")
     """
     inventory = cluster_options.pop("inventory", None)
     with Cluster(inventory, **cluster_options) as cluster:
-        return cluster.run(job, input=input, output=output, timeout=timeout)
+        return cluster.run(job, input=input, output=output, timeout=timeout, input_data=input_data)

@@ -432,17 +432,20 @@ class Cluster(Executor):
     def run(self, job: Union[PathLike, job_module.Job], input: Any = None,
             output: Optional[IO[str]] = None, timeout: Optional[float] = None, *,
             journal: Optional["Journal"] = None,
-            progress: Optional[Callable[[Optional[int]], "Progress"]] = None) -> Any:
+            progress: Optional[Callable[[Optional[int]], "Progress"]] = None,
+            input_data: Any = job_module.NO_VALUE) -> Any:
         """Run a job (a job file path or a Job) and return what its combine() returns.
 
-        `input` is a path, '-' or an open file that replaces the job's input_data and is read
-        lazily. With keep_going, combine gets the successful results and JobFailed is raised
-        afterwards, listing every failure.
+        `input` replaces the job's input_data, told apart by type: a str or os.PathLike is a
+        path ('-' is stdin) and an open file is read lazily; bytes and any other iterable (a
+        list, a generator) are the input itself. `input_data=` takes the input itself, whatever
+        it is (text too). With keep_going, combine gets the successful results and JobFailed is
+        raised afterwards, listing every failure.
         """
         self._check_open()
         if not isinstance(job, job_module.Job):
             job = job_module.load(job)
-        plan = job.plan(input, output)
+        plan = job.plan(input, output, input_data=input_data)
         total = _length(plan.items)
         feed = None
         if journal is not None:

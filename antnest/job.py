@@ -26,6 +26,21 @@ from antnest.errors import JobFileError, UsageError
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+class _NoValue:
+    def __repr__(self) -> str:
+        return "NO_VALUE"
+
+
+NO_VALUE: Any = _NoValue()   # input_data= not given (None is a value a job may want)
+
+
+class _Value:
+    """An input that is the data itself, not a place to read it from."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 @dataclass
 class Job:
     """A job: `processor` is required; `split`, `combine` and `input_data` are optional."""
@@ -40,8 +55,15 @@ class Job:
     digest: str = field(default="", repr=False)  # of the job source: journals check it
     setup: Optional[Callable[[], Any]] = None  # once per runner before its first taskunit
 
-    def plan(self, input: Any = None, output: Optional[IO[str]] = None) -> "Plan":
-        """How to run this job on `input` (a path, '-', an open file, or None for input_data)."""
+    def plan(self, input: Any = None, output: Optional[IO[str]] = None, *,
+             input_data: Any = NO_VALUE) -> "Plan":
+        """How to run this job on `input` (see open_input: a path, '-', an open file, bytes or
+        an iterable of items; None: the job's input_data) or on the value `input_data`."""
+        if input_data is not NO_VALUE:
+            if input is not None:
+                raise UsageError("give input= (a path, a file or items) or input_data= (the "
+                                 "value itself), not both")
+            input = _Value(input_data)
         if self.form == "original":
             return _original_plan(self, input, output)
         return _modern_plan(self, input, output)
@@ -174,19 +196,40 @@ def from_module(module: types.ModuleType, path: str = "<job>", digest: str = "")
 # -- input --------------------------------------------------------------------------------------
 
 def open_input(input: Any) -> Optional[IO[str]]:
-    """A path or '-' opened for lazy reading; None when the job's own input_data applies."""
-    if input is None:
+    """A path or '-' opened for lazy reading; None when the input is a value (see
+    input_value) or the job's own input_data applies.
+
+    How `input` is told apart, by type: a str or os.PathLike is a path ('-' is stdin); an object
+    with read() is an open file; bytes and any other iterable (a list, a range, a generator) are
+    the input itself, as if the job's input_data were that value. Text that is the input itself,
+    not a file name, goes in `input_data=` instead.
+    """
+    if input is None or isinstance(input, _Value):
         return None
-    if input == "-":
+    if isinstance(input, str) and input == "-":
         return sys.stdin
     if isinstance(input, (str, os.PathLike)):
         try:
             return open(input, "r", encoding="utf-8", errors="surrogateescape")
         except OSError as exc:
-            raise UsageError(f"input {os.fspath(input)}: {exc.strerror or exc}") from None
+            hint = "" if isinstance(input, os.PathLike) or os.sep in input else (
+                f"; to run on the text itself, pass input_data={input!r}")
+            raise UsageError(f"input {os.fspath(input)}: {exc.strerror or exc}{hint}") from None
     if hasattr(input, "read"):
         return input
-    raise UsageError(f"input must be a path, '-' or an open file, not {type(input).__name__}")
+    if isinstance(input, (bytes, bytearray)) or hasattr(input, "__iter__"):
+        return None
+    raise UsageError(f"input must be a path, '-', an open file, bytes or an iterable of items, "
+                     f"not {type(input).__name__}")
+
+
+def input_value(job: Job, input: Any) -> Any:
+    """What split() gets when `input` is not read from a file: the value, or input_data."""
+    if isinstance(input, _Value):
+        return input.value
+    if input is None:
+        return job.input_data
+    return input
 
 
 def _lines(handle: IO[str]) -> Iterator[str]:
@@ -219,7 +262,7 @@ def default_combine(results: Iterator[Any]) -> None:
 
 def _modern_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:
     handle = open_input(input)
-    data = handle if handle is not None else job.input_data
+    data = handle if handle is not None else input_value(job, input)
     split = job.split or default_split
     items = split(data) if job.split else default_split(data)
     combine: Callable[..., Any] = job.combine or default_combine
@@ -267,7 +310,7 @@ def _original_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:
         if handle is not sys.stdin:
             handle.close()
     else:
-        input_data = job.input_data
+        input_data = input_value(job, input)
     if input_data is None:
         raise UsageError(f"{job.name}: the job has no input: define input_data or pass --input")
     owner = _OriginalJob(input_data)

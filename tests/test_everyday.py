@@ -14,6 +14,8 @@ import pytest
 import antnest
 from antnest.errors import JobFailed
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def write(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text).lstrip())
@@ -399,3 +401,34 @@ def test_readme_set_up_installs_into_a_venv() -> None:
     assert first.endswith("antnest run jobs/reverse.py")
     assert second.startswith(". .venv/bin/activate && pip install -e '.[test]'")
     assert "pipx install ." in section
+
+
+# --- cluster.run takes values as well as paths and files ----------------------------------------
+
+def test_run_takes_values_paths_and_files(tmp_path: Path) -> None:
+    count = antnest.Job(processor=lambda line: len(line.split()), combine=sum)
+    text = tmp_path / "data.txt"
+    text.write_text("the quick brown fox\njumps\n")
+    with antnest.Cluster(procs=1) as cluster:
+        assert cluster.run(count, input_data="the quick brown fox\njumps") == 5   # README's
+        assert cluster.run(count, input=["a b", "c"]) == 3
+        assert cluster.run(count, input=(line for line in ["a", "b c d"])) == 4
+        assert cluster.run(count, input=b"a b\nc") == 3   # bytes: its lines
+        assert cluster.run(count, input=str(text)) == 5
+        assert cluster.run(count, input=text) == 5
+        with open(text) as handle:
+            assert cluster.run(count, input=handle) == 5
+        with pytest.raises(antnest.errors.UsageError, match="input_data='200000'"):
+            cluster.run(count, input="200000")
+        with pytest.raises(antnest.errors.UsageError, match="not both"):
+            cluster.run(count, input=["x"], input_data="x")
+        out = io.StringIO()
+        assert cluster.run(str(REPO / "jobs" / "wordcount.py"), output=out) is None   # it prints
+        assert out.getvalue().startswith("3\tthe\n")
+        assert isinstance(antnest.load(REPO / "jobs" / "wordcount.py"), antnest.Job)
+
+
+def test_readme_documents_load_and_input_data() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "`antnest.load(path)`" in readme
+    assert "input_data=" in readme.split("## Python API", 1)[1]
