@@ -53,4 +53,5 @@ def run(job: "_Union[str, Job]", input: "_Any" = None, *, output: "_Optional[_IO
     """
     inventory = cluster_options.pop("inventory", None)
     with Cluster(inventory, **cluster_options) as cluster:
+        cluster.last_call()
         return cluster.run(job, input=input, output=output, timeout=timeout, input_data=input_data)

@@ -228,7 +228,9 @@ def _setup_logging(args: argparse.Namespace) -> None:
         except OSError as exc:
             raise errors.UsageError(f"log file {log_file}: {exc.strerror or exc}") from None
         to_file.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"))
+            # the PID tells two runs apart (a second run refused by --lock, say) in one log
+            "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%S%z"))
         to_file.setLevel(logging.DEBUG if args.verbose >= 2 else logging.INFO)
         handlers.append(to_file)
         floor = min(floor, to_file.level)
@@ -341,6 +343,7 @@ def _run(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> int:
         ) as cluster:
             if state is not None:
                 state["cluster"] = cluster
+            cluster.last_call()
             value = cluster.run(job, input=args.input, output=output.handle if output is not None else None,
                                 timeout=args.timeout,
                                 journal=journal,

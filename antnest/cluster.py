@@ -508,6 +508,11 @@ class Cluster(Executor):
             raise JobFailed(failures, total=call.taken)
         return value
 
+    def last_call(self) -> None:
+        """Say that the next call is the cluster's last (the CLI, antnest.run): when it ends
+        early, its busy runners are not restarted for a next call; shutdown stops them."""
+        self.scheduler.one_shot = True
+
     def job_tally(self) -> Optional[Tally]:
         """Where the last job run's taskunits are (done, failed, running, not started): the
         one count the progress line, the timeout message, the log and the report share."""

@@ -8,9 +8,10 @@ sees the previous report or the new one, never half of one.
      "exit_code": 0, "interrupted": false, "error": null,
      "taskunits": {"done": 50000, "failed": 0, "retried": 3, "resumed": 20000, "in_flight": 0,
                    "not_started": 0},
-     "hosts": [{"name": "node1", "address": "10.0.0.1:22", "state": "closed", "procs": 0,
+     "hosts": [{"name": "node1", "address": "10.0.0.1:22", "state": "closed", "procs": 4, "alive": 0,
                 "python": "3.11.7", "cpus": 4, "error": null, "lost": 0, "done": 25000}, ...],
-     "failures": [{"id": 17, "host": "node2", "error": "ValueError: bad line"}, ...],
+     "failures": [{"id": 17, "host": "node2", "error": "ValueError: bad line",
+                   "traceback": "Traceback (most recent call last): ..."}, ...],
      "failures_not_listed": 0}
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 FORMAT_VERSION = 1
 MAX_FAILURES_LISTED = 1000   # a keep-going run over a bad input must not write a huge report
-HOST_FIELDS = ("name", "address", "state", "procs", "python", "cpus", "error", "lost", "done")
+HOST_FIELDS = ("name", "address", "state", "procs", "alive", "python", "cpus", "error", "lost",
+               "done")
 
 PathLike = Union[str, "os.PathLike[str]"]
 Moment = Union[datetime.datetime, float]   # a datetime, or seconds since the epoch (time.time())
@@ -133,6 +135,7 @@ def _failure(error: Any) -> Dict[str, Any]:
         "id": getattr(error, "taskunit_id", None),
         "host": getattr(error, "host", None),
         "error": problem if problem is not None else str(error),
+        "traceback": getattr(error, "remote_traceback", None) or None,   # the host's own text
     }
 
 

@@ -579,6 +579,12 @@ class Settler:
             del future, value, error
 
 
+def _first_line(error: Optional[BaseException]) -> str:
+    if error is None:
+        return "finished"
+    return (str(error).splitlines() or [""])[0] or type(error).__name__
+
+
 def progress_of(call: Optional[Call], tally: Optional[Tally] = None) -> str:
     """What a call had done when it stopped, for error messages."""
     if tally is None:
@@ -649,6 +655,7 @@ class Scheduler:
         self._rr = 0
         self.closed: Optional[BaseException] = None
         self.starting = 0            # runners booting; no worker and none starting: no way on
+        self.one_shot = False        # the cluster shuts down after this call: no restarts
         self.stats: "collections.Counter[str]" = collections.Counter()
         self.settler = Settler()
 
@@ -902,7 +909,14 @@ class Scheduler:
             return
         batch.filled[batch.base + index] = 1
         self.stats["failed"] += 1
-        call.reject(batch.first_seq + index, error)
+        going_on = call.policy.keep_going and call.error is None
+        call.reject(batch.first_seq + index, error)   # (sets the id in split() order)
+        if going_on and not isinstance(call, FutureCall):  # the run goes on: say it now
+            log.warning("taskunit %d failed on %s: %s", error.taskunit_id, worker.host_name,
+                        error.problem)
+            if error.remote_traceback:   # the log file keeps the whole story (INFO)
+                log.info("taskunit %d: remote traceback:\n%s", error.taskunit_id,
+                         error.remote_traceback.rstrip())
 
     def on_timeout(self, worker: Any, batch_id: int, index: int, elapsed: float) -> None:
         """The runner stopped a taskunit past --task-timeout and is exiting."""
@@ -972,12 +986,16 @@ class Scheduler:
         """A call ended early (failed fast, timed out, its reader left): stop the runners still
         busy with its batches, so the next call does not wait behind dead work. Their other
         batches go back to the queue as for any lost runner; nothing is blamed."""
-        if self.closed is not None:
-            return  # everything is being stopped anyway
-        for worker in self.workers:
-            if any(batch.call is call for batch in worker.inflight.values()):
-                worker.culprit_known = True
-                worker.abort(f"its batches belong to a call that ended ({call.name})")
+        if self.closed is not None or self.one_shot:
+            return  # everything is being stopped anyway, or will be once this call returns
+        busy = [worker for worker in self.workers
+                if any(batch.call is call for batch in worker.inflight.values())]
+        if busy:  # one line for the event; each runner's stop is a debug line
+            log.info("%s ended (%s): stopping the %d runner(s) still busy with it", call.name,
+                     _first_line(call.error), len(busy))
+        for worker in busy:
+            worker.culprit_known = True
+            worker.abort(f"its batches belong to a call that ended ({call.name})")
 
     def unsendable(self, worker: Any, batch: Batch, exc: Exception) -> None:
         """A batch whose data cannot be pickled: its taskunits fail, nothing else does."""

@@ -42,14 +42,15 @@ class HostState:
     name: str
     address: str
     state: str = "connecting"      # connecting, connected, lost, failed, closed
-    procs: int = 0                 # runners alive now
+    procs: int = 0                 # runner slots: the host's procs (its CPU count for auto)
     python: Optional[str] = None
     cpus: Optional[int] = None
     hostname: Optional[str] = None
     cloudpickle: Optional[str] = None  # "found" on the host or "shipped" from the master
     error: Optional[str] = None
     lost: int = 0                  # runners lost so far
-    done: int = 0                  # taskunits finished here
+    done: int = 0                  # taskunits finished here (accepted results)
+    alive: int = 0                 # runners alive now (restarting or lost ones not counted)
 
 
 class HostGroup:
@@ -148,7 +149,8 @@ class HostGroup:
     def update_alive(self) -> None:
         with self.lock:
             alive = sum(1 for w in self.workers if w.accepting)
-            self.state.procs = alive
+            self.state.alive = alive
+            self.state.procs = self.target_procs or len(self.workers)
             if alive == 0 and self.hello is not None and all(w.gave_up for w in self.workers) \
                     and self.state.state in ("connected", "connecting"):
                 self.state.state = "lost"
@@ -205,7 +207,7 @@ class Worker:
         proc = self.proc
         if proc is None:
             return
-        log.info("%s: stopping its runner: %s", self.label, why)
+        log.debug("%s: stopping its runner: %s", self.label, why)
         self.aborted = why
         threading.Thread(target=proc.kill, daemon=True).start()
 
@@ -266,9 +268,11 @@ class Worker:
                 self.scheduler.on_lost(self, reason, False, will_restart=False)
                 self.group.update_alive()
                 return
-            stopping = self._stopping.is_set()
+            # no new runner for a cluster that is shutting down
+            stopping = self._stopping.is_set() or self.scheduler.closed is not None
             if self.aborted:
-                log.info("%s: runner stopped (%s); starting a new one", self.label, reason)
+                log.debug("%s: runner stopped (%s)%s", self.label, reason,
+                          "" if stopping else "; starting a new one")
             elif not stopping:
                 log.warning("%s: runner lost (%s); its unfinished taskunits go back to the queue",
                             self.label, reason)
@@ -276,6 +280,8 @@ class Worker:
                 self.group.last_loss = reason
             self.scheduler.on_lost(self, reason, blame and not stopping, will_restart=not stopping)
             self.group.update_alive()
+            if stopping:
+                return
 
     def _boot_failed(self, exc: HostError, first: bool, failures: int) -> None:
         group = self.group

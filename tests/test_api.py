@@ -140,7 +140,7 @@ def test_second_map_opens_no_connection_and_boots_no_runner(
     names = [h.name for h in fleet.hosts]
     with antnest.Cluster(**cluster_kwargs, procs=2) as cluster:
         hosts = cluster.wait_for_hosts(timeout=60)
-        assert [(h.state, h.procs) for h in hosts] == [("connected", 2)] * 3
+        assert [(h.state, h.procs, h.alive) for h in hosts] == [("connected", 2, 2)] * 3
         assert list(cluster.map(square, range(200))) == [n * n for n in range(200)]
         connects, runners = connect.call_count, open_runner.call_count
         assert connects >= 3 and runners >= 6
@@ -361,7 +361,7 @@ def test_cluster_hosts_fields(fleet: SshdFleet, cluster_kwargs: dict) -> None:
         snapshot = cluster.hosts
         snapshot[0].state = "tampered"   # a copy: the cluster's own state is untouched
         assert cluster.hosts[0].state == "connected"
-    assert [(h.state, h.procs) for h in cluster.hosts] == [("closed", 0)] * 3
+    assert [(h.state, h.alive, h.procs) for h in cluster.hosts] == [("closed", 0, 2)] * 3
 
 
 def test_cluster_hosts_reports_a_host_that_failed(fleet: SshdFleet, tmp_path: Path) -> None:
@@ -376,7 +376,7 @@ def test_cluster_hosts_reports_a_host_that_failed(fleet: SshdFleet, tmp_path: Pa
     with antnest.Cluster(hosts=hosts, known_hosts=[fleet.known_hosts]) as cluster:
         states = {h.name: h for h in cluster.wait_for_hosts(timeout=60)}
         assert (states["fleet1"].state, states["fleet1"].procs) == ("connected", 1)
-        assert (states["dead"].state, states["dead"].procs) == ("failed", 0)
+        assert (states["dead"].state, states["dead"].alive) == ("failed", 0)
         assert "refused" in states["dead"].error
         assert list(cluster.map(square, range(5))) == [0, 1, 4, 9, 16]
 
@@ -436,12 +436,12 @@ def test_channel_lost_right_after_hello_is_an_ordinary_lost_runner(
         deadline = time.monotonic() + 10   # the slot restarts its runner meanwhile
         while True:
             (state,) = cluster.wait_for_hosts(timeout=max(0.1, deadline - time.monotonic()))
-            if state.procs == 2 or time.monotonic() > deadline:
+            if state.alive == 2 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         assert problems() == []
         assert cluster.scheduler.starting == 0, "a runner start was never accounted for"
-        assert (state.state, state.procs) == ("connected", 2), "the lost slot was not restarted"
+        assert (state.state, state.alive) == ("connected", 2), "the lost slot was not restarted"
         assert list(cluster.map(square, range(20))) == [n * n for n in range(20)]
     assert problems() == []
 

@@ -432,3 +432,63 @@ def test_readme_documents_load_and_input_data() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert "`antnest.load(path)`" in readme
     assert "input_data=" in readme.split("## Python API", 1)[1]
+
+
+# --- logs that help ---------------------------------------------------------------------------
+
+FAILING_SOME = """
+    def processor(item):
+        if item % 10 == 3:
+            raise ValueError("bad item %d" % item)
+        return item
+
+    def combine(results):
+        for r in results:
+            pass
+
+    input_data = range(40)
+"""
+
+
+def test_keep_going_log_and_report_carry_each_failures_traceback(tmp_path: Path,
+                                                                  run_cli) -> None:
+    job = write(tmp_path / "job.py", FAILING_SOME)
+    log_file = tmp_path / "run.log"
+    report = tmp_path / "r.json"
+    result = run_cli("run", "--procs", "2", "--keep-going", "--log-file", log_file,
+                     "--report", report, job)
+    assert result.returncode == 1, result.stderr
+    text = log_file.read_text()
+    lines = text.splitlines()
+    assert all(f"[{os.getpid()}]" not in line for line in lines)
+    stamped = [line for line in lines if line[:4].isdigit()]
+    pids = {line.split(" [", 1)[1].split("]", 1)[0] for line in stamped}
+    assert len(pids) == 1 and pids.pop().isdigit(), stamped[:3]
+    for n in (3, 13, 23, 33):
+        assert f"taskunit {n} failed on local: ValueError: bad item {n}" in text
+        assert f"taskunit {n}: remote traceback:" in text
+    assert text.count('raise ValueError("bad item %d" % item)') == 4
+    failures = json.loads(report.read_text())["failures"]
+    assert sorted(f["id"] for f in failures) == [3, 13, 23, 33]
+    assert all("ValueError: bad item" in f["traceback"] for f in failures)
+    assert "runner stopped" not in text and "starting a new one" not in text
+    assert "end: exit 1 after " in lines[-1] and "36 taskunits done, 4 failed, 0 resumed" in \
+        lines[-1] and "output stdout" in lines[-1]
+
+
+def test_a_failing_run_restarts_no_runner_while_it_shuts_down(tmp_path: Path, run_cli) -> None:
+    job = write(tmp_path / "job.py", FAILING_SOME.replace("% 10 == 3", "== 3"))
+    log_file = tmp_path / "run.log"
+    result = run_cli("run", "--procs", "4", "-vv", "--log-file", log_file, job)
+    assert result.returncode == 1, result.stderr
+    text = log_file.read_text()
+    assert "starting a new one" not in text, text
+    assert text.count("still busy with it") <= 1, text
+
+
+def test_host_state_says_how_many_runners_are_alive() -> None:
+    with antnest.Cluster(procs=2) as cluster:
+        (state,) = cluster.wait_for_hosts(timeout=30)
+        assert (state.procs, state.alive) == (2, 2)
+    (state,) = cluster.hosts
+    assert (state.procs, state.alive) == (2, 0)

@@ -47,9 +47,10 @@ def test_content() -> None:
     assert sample(resumed=4)["taskunits"]["resumed"] == 4
     assert report["hosts"][0] == {"name": "node1", "address": "10.0.0.1:22", "state": "closed",
                                   "procs": 0, "python": "3.11.7", "cpus": 4, "error": None,
-                                  "lost": 1, "done": 10}
+                                  "lost": 1, "done": 10, "alive": 0}
     assert report["hosts"][1]["state"] == "failed" and report["hosts"][1]["error"] == "unreachable"
-    assert report["failures"] == [{"id": 3, "host": "node1", "error": "ValueError: bad line"}]
+    assert report["failures"] == [{"id": 3, "host": "node1", "error": "ValueError: bad line",
+                                   "traceback": None}]
     assert report["failures_not_listed"] == 0
     json.dumps(report)  # JSON-ready as is
 
