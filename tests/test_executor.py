@@ -719,3 +719,25 @@ def test_an_inherited_cluster_fails_at_once_in_a_forked_child(executor: antnest.
     assert text.startswith("forked: this Cluster belongs to process"), text
     assert text.endswith("| submit refused")
     assert pending.result(timeout=BOUND) == 1  # the parent's cluster is untouched
+
+
+# -- LocalProcess: a closed pipe's fd number is never used again ------------------------------
+
+def test_a_killed_local_runner_never_touches_a_reused_fd() -> None:
+    from antnest.transport.local import LocalProcess
+
+    first = LocalProcess("first")
+    stdin, stdout = first._stdin, first._stdout
+    first.kill()
+    while first.recv(65536):  # the reader drains to EOF, which closes its pipe
+        pass
+    second = LocalProcess("second")  # most likely takes the numbers just freed
+    try:
+        with pytest.raises(BrokenPipeError):
+            first.send(b"a task frame for a dead runner")
+        assert first.recv(100) == b""
+        assert (first._stdin, first._stdout) == (None, None) and stdin is not None and stdout
+        hello = second.recv(65536)  # the second runner's stream is intact: its HELLO first
+        assert hello[8:9] == bytes([1])
+    finally:
+        second.kill()
