@@ -187,6 +187,7 @@ class Cluster(Executor):
         self._strong: List[int] = []
         self._pid = os.getpid()
         self._closer: Optional[threading.Thread] = None
+        self._abandon = False  # close without waiting for running work (leaving `with` on error)
         self._shutdown = False
         self._running = False  # a first runner is up
         self._lock = threading.Lock()
@@ -580,7 +581,7 @@ class Cluster(Executor):
     def _close_when_idle(self) -> None:
         sched = self.scheduler
         with sched.cond:
-            while self._busy() and (sched.workers or sched.starting > 0):
+            while self._busy() and (sched.workers or sched.starting > 0) and not self._abandon:
                 sched.cond.wait(0.2)
         sched.close(AntnestError("the cluster was shut down"))
         self._stop_keepalive.set()
@@ -639,7 +640,9 @@ class Cluster(Executor):
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self.shutdown(wait=exc_info[0] is None, cancel_futures=exc_info[0] is not None)
+        if exc_info[0] is not None:  # leaving on an error or Ctrl-C: stop now, not when done
+            self._abandon = True
+        self.shutdown(wait=True, cancel_futures=exc_info[0] is not None)
 
 
 class _JournaledCall(OrderedCall):

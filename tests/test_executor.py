@@ -557,6 +557,16 @@ def test_shutdown_no_wait_lets_running_work_and_a_lazy_map_finish(where: dict,
     assert not cluster.scheduler.workers
 
 
+def test_leaving_with_on_an_error_does_not_wait_for_running_work(where: dict,
+                                                                 release: Path) -> None:
+    with pytest.raises(KeyError):
+        with antnest.Cluster(**where) as cluster:
+            running = cluster.submit(gated, str(release), "finished")
+            raise KeyError("the caller's own error")
+    with pytest.raises((antnest.AntnestError, cf.CancelledError)):  # cancelled if still queued
+        running.result(timeout=BOUND)  # the gate is still shut: it was stopped, not awaited
+
+
 # -- test_as_completed.py / test_wait.py -------------------------------------------------------
 
 def test_as_completed_no_timeout(executor: antnest.Cluster) -> None:
