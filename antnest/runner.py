@@ -399,6 +399,9 @@ class _Runner(object):
         if fn_id is None:
             self._prepare(options)
             return
+        if blob is None:  # the master forgot this function: so does the runner
+            self.functions.pop(fn_id, None)
+            return
         try:
             loaded = pickle.loads(blob)
         except BaseException:

@@ -676,6 +676,8 @@ class Scheduler:
     def forget(self, call: Call) -> None:
         if call in self.calls:
             self.calls.remove(call)
+            for worker in self.workers:  # the runners drop its function with the next frame
+                worker.to_forget.append(call.fn_id)
 
     def booting(self, count: int = 1) -> None:
         with self.cond:

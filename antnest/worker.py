@@ -178,6 +178,7 @@ class Worker:
         self.outbox: Deque[Any] = collections.deque()
         self.send_lock = threading.Lock()
         self.loaded: set = set()
+        self.to_forget: List[int] = []   # fn ids of ended calls, for the runner to drop
         self.accepting = False
         self.culprit_known = False
         self.gave_up = False
@@ -315,6 +316,7 @@ class Worker:
         self.inflight.clear()
         self.outbox.clear()
         self.loaded = set()
+        self.to_forget.clear()
         self.culprit_known = False
         proc = self.group.start_runner(self.label)
         self.proc = proc
@@ -423,11 +425,11 @@ class Worker:
                     gave_back = True
                     continue
                 try:
-                    parts: tuple = ()
+                    parts: tuple = self._forget_frames()
                     if call.fn_id not in self.loaded:
                         options = {"task_timeout": call.policy.task_timeout,
                                    "setup": call.setup}
-                        parts = frame(Kind.JOB, pickle.dumps(
+                        parts += frame(Kind.JOB, pickle.dumps(
                             (call.fn_id, call.fn_blob, options), protocol=self.pickle_protocol))
                     # the data in a pickle of its own: a runner that cannot load it says which batch
                     payload = pickle.dumps((batch.id, call.fn_id, len(batch.items), blob),
@@ -441,11 +443,21 @@ class Worker:
                     self.proc.kill()  # the reader sees EOF and gives the batches back
                     return gave_back
 
+    def _forget_frames(self) -> tuple:
+        """JOB frames without a function: the runner drops those it loaded (send lock held)."""
+        parts: tuple = ()
+        while self.to_forget:
+            fn_id = self.to_forget.pop()
+            if fn_id in self.loaded:
+                self.loaded.discard(fn_id)
+                parts += frame(Kind.JOB, pickle.dumps((fn_id, None, {}), protocol=self.pickle_protocol))
+        return parts
+
     def ping(self) -> None:
         if not self.accepting or not self.send_lock.acquire(timeout=0.1):
             return
         try:
-            self.proc.send(encode(Kind.PING, b""))
+            self.proc.send(*self._forget_frames(), encode(Kind.PING, b""))
         except link_errors() + (AttributeError,):
             pass
         finally:

@@ -276,6 +276,15 @@ def test_submitted_functions_are_not_kept(executor: antnest.Cluster) -> None:
     assert len(executor._submits) < 20
     with executor.scheduler.cond:
         assert len(executor.scheduler.calls) < 20
+    assert executor.submit(functions_on_this_runner).result(timeout=BOUND) < 20
+
+
+def functions_on_this_runner() -> int:
+    """How many functions the runner running this holds (the runner forgets ended calls')."""
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "_Runner" and hasattr(obj, "functions"):
+            return len(obj.functions)
+    raise AssertionError("no runner object found")
 
 
 def test_free_reference(executor: antnest.Cluster) -> None:
