@@ -64,9 +64,9 @@ def check_hosts(hosts: Sequence[Host], options: SshOptions) -> List[HostCheck]:
 def _probe(host: Host, row: HostCheck, options: SshOptions) -> None:
     connection = None
     if not host.local:
-        from antnest.transport.ssh import SshConnection
+        from antnest.transport import ssh_connection
 
-        connection = SshConnection(host, options)
+        connection = ssh_connection(host, options)
     proc: Optional[RunnerProcess] = None
     try:
         if connection is None:

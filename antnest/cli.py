@@ -80,6 +80,11 @@ def _add_host_options(parser: argparse.ArgumentParser) -> None:
     hosts.add_argument("--accept-new-host-keys", action="store_true",
                        help="record unknown host keys instead of refusing (a changed key is "
                             "always refused)")
+    hosts.add_argument("--ssh-client", choices=("paramiko", "openssh", "auto"),
+                       default="paramiko",
+                       help="SSH client for hosts whose inventory names none: paramiko "
+                            "(default), openssh (the ssh binary, one master per host) or auto "
+                            "(openssh when ssh is on PATH)")
     hosts.add_argument("--allow-unchecked-host-keys", action="store_true",
                        help="let an ssh_config's StrictHostKeyChecking no through (unknown "
                             "keys accepted unrecorded, with a warning); refused without it")
@@ -256,6 +261,7 @@ def _cluster_options(args: argparse.Namespace) -> dict:
         known_hosts=args.known_hosts,
         accept_new_host_keys=args.accept_new_host_keys,
         allow_unchecked_host_keys=args.allow_unchecked_host_keys,
+        ssh_client=args.ssh_client,
         connect_timeout=args.connect_timeout,
     )
 
@@ -436,6 +442,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     options = SshOptions(known_hosts=tuple(args.known_hosts),
                          accept_new_host_keys=args.accept_new_host_keys,
                          allow_unchecked_host_keys=args.allow_unchecked_host_keys,
+                         ssh_client=args.ssh_client,
                          connect_timeout=args.connect_timeout)
     rows = check_hosts(hosts, options)
     if args.json:

@@ -131,6 +131,7 @@ class Cluster(Executor):
         known_hosts: Sequence[PathLike] = (),
         accept_new_host_keys: bool = False,
         allow_unchecked_host_keys: bool = False,
+        ssh_client: str = "paramiko",
         connect_timeout: float = 10.0,
         compress: bool = False,
         retries: int = 0,
@@ -145,6 +146,8 @@ class Cluster(Executor):
         forks: Optional[int] = None,
         max_procs_total: Optional[int] = None,
     ) -> None:
+        if ssh_client not in ("paramiko", "openssh", "auto"):
+            raise UsageError(f"ssh_client must be paramiko, openssh or auto, not {ssh_client!r}")
         if retries < 0 or max_lost < 0:
             raise UsageError("retries and max_lost must be 0 or more")
         if forks is not None and forks < 1:
@@ -167,6 +170,7 @@ class Cluster(Executor):
             known_hosts=tuple(os.fspath(p) for p in known_hosts),
             accept_new_host_keys=accept_new_host_keys,
             allow_unchecked_host_keys=allow_unchecked_host_keys,
+            ssh_client=ssh_client,
             connect_timeout=connect_timeout,
             compress=compress,
         )

@@ -63,9 +63,9 @@ class HostGroup:
         self.scheduler = cluster.scheduler
         self.ssh: Any = None
         if not host.local:  # paramiko and fabric load only when a host needs them
-            from antnest.transport.ssh import SshConnection
+            from antnest.transport import ssh_connection
 
-            self.ssh = SshConnection(host, cluster.ssh_options)
+            self.ssh = ssh_connection(host, cluster.ssh_options)
         self.state = HostState(host.name, "local" if host.local else f"{host.address}:{host.port}")
         self.workers: List[Worker] = []
         self.lock = threading.Lock()

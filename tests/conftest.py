@@ -207,7 +207,7 @@ def fleet_leftovers(fleet: SshdFleet, monkeypatch: pytest.MonkeyPatch) -> Iterat
     guard.check()
 
 
-@pytest.fixture(params=["local", "ssh"])
+@pytest.fixture(params=["local", "ssh", "openssh"])
 def target(request: pytest.FixtureRequest, tmp_path: Path, fresh_home: Path,
            monkeypatch: pytest.MonkeyPatch) -> Iterator[Target]:
     """The conformance suite's transport; checks for leftovers after every test."""
@@ -218,10 +218,12 @@ def target(request: pytest.FixtureRequest, tmp_path: Path, fresh_home: Path,
         fleet: SshdFleet = request.getfixturevalue("fleet")
         guard = _make_leftovers(monkeypatch, fleet)
         inventory = fleet.write_inventory(tmp_path / "hosts.yaml", procs=2)
+        client = "openssh" if request.param == "openssh" else "paramiko"
         yield Target(
-            "ssh",
-            ["-i", str(inventory), "--known-hosts", str(fleet.known_hosts)],
-            {"inventory": inventory, "known_hosts": [fleet.known_hosts]},
+            request.param,
+            ["-i", str(inventory), "--known-hosts", str(fleet.known_hosts),
+             "--ssh-client", client],
+            {"inventory": inventory, "known_hosts": [fleet.known_hosts], "ssh_client": client},
             tuple(h.name for h in fleet.hosts),
             fleet,
             guard,

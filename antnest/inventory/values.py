@@ -17,7 +17,8 @@ Hop = Tuple[Optional[str], str, Optional[int]]   # (user, host, port) of one Pro
 # --------------------------------------------------------------------------- shared values
 
 _SETTINGS = ("address", "port", "user", "python", "procs", "identity_file", "proxy_jump",
-            "proxy_command", "connect_timeout", "server_alive_interval", "env", "workdir")
+            "proxy_command", "connect_timeout", "server_alive_interval", "env", "workdir",
+            "ssh_client")
 """Keys an inventory may set, per host or in ``defaults``."""
 
 
@@ -143,7 +144,14 @@ _CHECKS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {   # inventory key -> (H
     "server_alive_interval": ("server_alive_interval", lambda v: _seconds(v, strict=False)),
     "env": ("env", _env),
     "workdir": ("workdir", _text),
+    "ssh_client": ("ssh_client", lambda v: _choice(v, ("paramiko", "openssh", "auto"))),
 }
+
+
+def _choice(value: Any, choices: Tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _Bad(f"must be one of {', '.join(choices)}, not {_show(value)}")
+    return str(value)
 
 
 def _split_port(text: str) -> Tuple[str, Optional[str]]:

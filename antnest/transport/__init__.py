@@ -9,7 +9,10 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import List, Optional, Protocol, Tuple, Type
+from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Tuple, Type
+
+if TYPE_CHECKING:
+    from antnest.host import Host
 
 
 class RunnerProcess(Protocol):
@@ -39,6 +42,7 @@ class SshOptions:
     known_hosts: Tuple[str, ...] = ()      # --known-hosts, read after the host's own files
     accept_new_host_keys: bool = False
     allow_unchecked_host_keys: bool = False  # let StrictHostKeyChecking no through
+    ssh_client: str = "paramiko"           # for hosts that name none: paramiko, openssh, auto
     connect_timeout: float = 10.0
     keepalive: float = 5.0                 # ServerAliveInterval when the host sets none
     compress: bool = False
@@ -51,6 +55,32 @@ class SshOptions:
     def writable_known_hosts(self) -> str:
         """Where accept-new records keys: the file named on the command line, else the user's."""
         return os.path.expanduser(self.known_hosts[-1] if self.known_hosts else "~/.ssh/known_hosts")
+
+
+SSH_CLIENTS = ("paramiko", "openssh", "auto")
+
+
+def ssh_client_for(host: "Host", options: SshOptions) -> str:
+    """``paramiko`` or ``openssh``: the host's choice, else the run's; ``auto`` is openssh when
+    an ``ssh`` binary is on PATH."""
+    client = host.ssh_client or options.ssh_client
+    if client == "auto":
+        import shutil
+
+        client = "openssh" if shutil.which("ssh") else "paramiko"
+    return client
+
+
+def ssh_connection(host: "Host", options: SshOptions) -> Any:
+    """The connection object of the chosen client (both: connect, open_runner, is_alive,
+    close). paramiko and fabric load only when a host uses them."""
+    if ssh_client_for(host, options) == "openssh":
+        from antnest.transport.openssh import OpenSshConnection
+
+        return OpenSshConnection(host, options)
+    from antnest.transport.ssh import SshConnection
+
+    return SshConnection(host, options)
 
 
 def link_errors() -> Tuple[Type[BaseException], ...]:

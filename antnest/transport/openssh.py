@@ -1,0 +1,487 @@
+"""The ``openssh`` client: the user's own ``ssh`` binary, one antnest-owned master per host.
+
+Per host one ``ssh -M -N -S <sock>`` master (no ControlPersist: it is antnest's child and dies
+with it, on SIGKILL too, through the parent-death signal), its control socket in a private
+0700 directory removed at the end; each runner is ``ssh -S <sock> host 'python3 -B -c ...'``, a
+session multiplexed over the master. ssh does the crypto in C, reads ssh_config itself, and
+verifies host keys exactly as ``ssh`` does (certificates, @revoked, FIDO keys, GSSAPI ...).
+
+antnest's options map onto ssh's: ``-F`` for --ssh-config, ``BatchMode=yes`` (never a prompt),
+``StrictHostKeyChecking=yes`` or ``accept-new``, ``UserKnownHostsFile`` = the host's files plus
+every --known-hosts, ``ConnectTimeout``, ``ServerAliveInterval``/``CountMax``, identity files.
+ssh's failures (exit 255 and its stderr) become the same typed errors and statuses as the
+paramiko client's.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures
+import dataclasses
+import ctypes
+import ctypes.util
+import itertools
+import logging
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from typing import Any, List, Optional
+
+from antnest import bootstrap
+from antnest.errors import AuthError, ConnectError, HostError, HostKeyError
+from antnest.host import Host
+from antnest.inventory.ssh_options import DEFAULT_GLOBAL_KNOWN_HOSTS, DEFAULT_USER_KNOWN_HOSTS
+from antnest.transport import SshOptions, describe_exit
+
+log = logging.getLogger(__name__)
+
+SERVER_ALIVE_COUNT = 3      # missed keepalives before ssh declares the peer dead
+STOP_GRACE = 2.0            # seconds a master gets to exit after -O exit / SIGTERM
+
+
+# --------------------------------------------------------------------------- processes
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _libc: Optional[Any] = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
+                                       use_errno=True)
+except OSError:  # pragma: no cover - not Linux
+    _libc = None
+
+
+def _die_with_antnest() -> None:
+    """preexec_fn: the ssh process gets SIGKILL when antnest dies, even by SIGKILL."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+# Linux ties the parent-death signal to the *thread* that forked: every ssh is started from
+# this one thread, which lives as long as the process (a worker thread that ends would take
+# its masters with it).
+_spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                 thread_name_prefix="antnest-ssh-spawn")
+
+
+def _spawn(argv: List[str], **kwargs: Any) -> "subprocess.Popen[bytes]":
+    def start() -> "subprocess.Popen[bytes]":
+        return subprocess.Popen(argv, preexec_fn=_die_with_antnest, **kwargs)  # noqa: PLW1509
+    return _spawner.submit(start).result()
+
+
+class _ControlDir:
+    """The private directory of control sockets: made when the first master starts, removed
+    when the last one stops. A janitor (``sh`` reading a pipe only antnest holds) removes it
+    should antnest die without cleaning up, SIGKILL included: the pipe closes, ``read`` returns.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()   # held by callers around socket() / release()
+        self._path: Optional[str] = None
+        self._janitor: Optional["subprocess.Popen[bytes]"] = None
+        self._count = itertools.count()
+        self.users: "set[OpenSshConnection]" = set()
+
+    def socket(self, user: "OpenSshConnection") -> str:
+        if self._path is None or not os.path.isdir(self._path):
+            self._path = tempfile.mkdtemp(prefix="antnest-ssh-")   # mode 0700
+            os.chmod(self._path, 0o700)
+            self._janitor = _spawn(["/bin/sh", "-c", 'read _; rm -rf "$0"', self._path],
+                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        self.users.add(user)
+        return os.path.join(self._path, f"m{next(self._count)}")
+
+    def release(self, user: "OpenSshConnection") -> None:
+        self.users.discard(user)
+        if not self.users:
+            self.remove()
+
+    def remove(self) -> None:
+        path, janitor = self._path, self._janitor
+        self._path, self._janitor = None, None
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        if janitor is not None:
+            try:
+                janitor.stdin.close()  # type: ignore[union-attr]
+                janitor.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                janitor.kill()
+
+
+_control = _ControlDir()
+
+
+def _stop_all() -> None:
+    with _control.lock:
+        masters = list(_control.users)
+    for conn in masters:
+        conn.close()
+    with _control.lock:
+        _control.remove()
+
+
+atexit.register(_stop_all)
+
+
+def ssh_available() -> bool:
+    return shutil.which("ssh") is not None
+
+
+# --------------------------------------------------------------------------- ssh options
+
+def _known_hosts_files(host: Host, options: SshOptions) -> List[str]:
+    files = [os.path.expanduser(p) for p in (host.user_known_hosts or DEFAULT_USER_KNOWN_HOSTS)]
+    files += [os.path.expanduser(p) for p in options.known_hosts]
+    return list(dict.fromkeys(files))
+
+
+def _quote_option(path: str) -> str:
+    """A file name inside an ssh -o value: quoted when it has spaces, % doubled (a token)."""
+    path = path.replace("%", "%%")
+    return f'"{path}"' if " " in path else path
+
+
+def ssh_args(host: Host, options: SshOptions) -> List[str]:
+    """Options for every ssh process of ``host`` (master and sessions alike)."""
+    checking = host.host_key_checking
+    if checking == "no" and not options.allow_unchecked_host_keys:
+        raise HostKeyError(
+            host.name,
+            "ssh_config sets StrictHostKeyChecking no for this host: antnest does not connect "
+            "without checking the host key (anyone on the path could read and change the job); "
+            "use accept-new, or rerun with --allow-unchecked-host-keys",
+            status="host key unchecked")
+    if checking != "no":
+        checking = "accept-new" if (options.accept_new_host_keys
+                                    or checking == "accept-new") else "yes"
+    timeout = host.connect_timeout or options.connect_timeout
+    interval = host.server_alive_interval or options.keepalive
+    args: List[str] = []
+    if host.ssh_config:
+        args += ["-F", host.ssh_config]
+    args += [
+        "-o", "BatchMode=yes",
+        "-o", f"StrictHostKeyChecking={checking}",
+        "-o", "UserKnownHostsFile=" + " ".join(_quote_option(p)
+                                               for p in _known_hosts_files(host, options)),
+        "-o", f"ConnectTimeout={max(1, int(round(timeout)))}",
+        "-o", f"ServerAliveInterval={max(1, int(round(interval)))}",
+        "-o", f"ServerAliveCountMax={SERVER_ALIVE_COUNT}",
+        "-o", f"HostName={host.address}",
+        "-p", str(host.port),
+    ]
+    if host.global_known_hosts and host.global_known_hosts != DEFAULT_GLOBAL_KNOWN_HOSTS:
+        args += ["-o", "GlobalKnownHostsFile=" + " ".join(_quote_option(p)
+                                                          for p in host.global_known_hosts)]
+    if options.compress:
+        args += ["-C"]
+    if host.user:
+        args += ["-l", host.user]
+    for path in host.identity_files:
+        args += ["-i", os.path.expanduser(path)]
+    if host.identities_only:
+        args += ["-o", "IdentitiesOnly=yes"]
+    if host.jump:
+        args += ["-o", "ProxyCommand=" + _jump_command(host, options).replace("%", "%%")]
+    elif host.proxy_command:
+        args += ["-o", "ProxyCommand=" + host.proxy_command.replace("%", "%%")]
+    return args
+
+
+def _jump_command(host: Host, options: SshOptions) -> str:
+    """The hop chain as nested ``ssh -W`` ProxyCommands, each hop with antnest's options (ssh's
+    own -J would drop them: BatchMode, known_hosts files, timeouts)."""
+    *before, last = host.jump
+    hop = dataclasses.replace(last, jump=tuple(before))
+    argv = ["ssh"] + ssh_args(hop, options) + ["-W", f"{_bracket(host.address)}:{host.port}",
+                                               hop.name]
+    return shlex.join(argv)
+
+
+def _bracket(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+# --------------------------------------------------------------------------- errors
+
+def classify(host: Host, stderr: str, options: SshOptions) -> HostError:
+    """ssh's exit 255 and stderr as the typed error and status the paramiko client raises."""
+    text = stderr.replace("\r", "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()
+             and not ln.startswith(("Warning: Permanently added", "Pseudo-terminal"))]
+    last = lines[-1] if lines else "ssh exited with status 255 and said nothing"
+    where = f"{host.address} port {host.port}"
+    if "REVOKED HOST KEY" in text or "revoked key" in text.lower():
+        fp = _fingerprint_in(text)
+        return HostKeyError(host.name, f"host key for {where} ({fp or 'its key'}) is marked "
+                            "@revoked in known_hosts: refusing to connect, as ssh does",
+                            status="host key revoked")
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
+        presented = _fingerprint_in(text)
+        offending = re.search(r"Offending \S+ key in (\S+):(\d+)", text)
+        known = _known_fingerprint(offending.group(1), int(offending.group(2))) \
+            if offending else None
+        fix = offending.group(1) if offending else "known_hosts"
+        return HostKeyError(
+            host.name,
+            f"host key for {where} has CHANGED: it presented {presented or '?'}, known_hosts "
+            f"has {known or '?'}. This may be an attack; if the host was reinstalled, remove "
+            f"the old line from {fix} (ssh-keygen -R '{_known_name(host)}')",
+            status="host key changed")
+    if "Host key verification failed" in text or "No " in text and "host key is known" in text:
+        where_file = (options.known_hosts[-1] if options.known_hosts else
+                      (host.user_known_hosts or DEFAULT_USER_KNOWN_HOSTS)[0])
+        scanned = _scan_fingerprint(host)
+        return HostKeyError(
+            host.name,
+            f"host key for {_known_name(host)} is not known ({scanned or 'fingerprint: run '}"
+            f"{'' if scanned else 'ssh-keyscan'}); check it, then add it to "
+            f"{os.path.expanduser(where_file)} (for example with ssh-keyscan) or rerun with "
+            "--accept-new-host-keys", status="host key unknown")
+    if "Permission denied" in text or "Too many authentication failures" in text:
+        return AuthError(host.name, f"authentication failed for user {host.user or 'the local'} "
+                         f"user: {last}; is the public key in the host's authorized_keys?")
+    if "Could not resolve hostname" in text:
+        return ConnectError(host.name, f"cannot resolve {host.address!r}: {last}",
+                            status="unreachable")
+    if "Connection refused" in text:
+        return ConnectError(host.name, f"cannot connect to {where}: connection refused",
+                            status="refused")
+    if "timed out" in text or "Connection timed out" in text:
+        return ConnectError(host.name, f"no answer from {where} within the connect timeout "
+                            f"({last})", status="timeout")
+    if "No route to host" in text or "Network is unreachable" in text:
+        return ConnectError(host.name, f"cannot connect to {where}: {last}",
+                            status="unreachable")
+    return ConnectError(host.name, f"ssh to {where} failed: {last}", status="handshake failed")
+
+
+def _known_name(host: Host) -> str:
+    return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+
+
+def _fingerprint_in(text: str) -> Optional[str]:
+    match = re.search(r"(SHA256:[A-Za-z0-9+/=]+)", text)
+    kind = re.search(r"The fingerprint for the (\S+) key", text)
+    if not match:
+        return None
+    return f"{kind.group(1).lower()} {match.group(1)}" if kind else match.group(1)
+
+
+def _known_fingerprint(path: str, line: int) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            entry = f.read().splitlines()[line - 1]
+    except (OSError, IndexError):
+        return None
+    return _keygen_fingerprint(entry.split(None, 1)[1] if " " in entry else entry)
+
+
+def _keygen_fingerprint(key_line: str) -> Optional[str]:
+    try:
+        done = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input=key_line.encode(),
+                              capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"(SHA256:\S+).*\((\S+)\)", done.stdout.decode("utf-8", "replace"))
+    return f"{match.group(2).lower()} {match.group(1)}" if match else None
+
+
+def _scan_fingerprint(host: Host) -> Optional[str]:
+    """The unknown key's fingerprint, for the message (ssh with strict checking omits it)."""
+    if host.jump or host.proxy_command:
+        return None
+    try:
+        done = subprocess.run(["ssh-keyscan", "-p", str(host.port), "-T", "5", host.address],
+                              capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    prints = []
+    for line in done.stdout.decode("utf-8", "replace").splitlines():
+        if line and not line.startswith("#") and " " in line:
+            found = _keygen_fingerprint(line.split(None, 1)[1])
+            if found:
+                prints.append(found)
+    return ", ".join(prints) or None
+
+
+# --------------------------------------------------------------------------- the connection
+
+class OpenSshConnection:
+    """One host through the ssh binary: a master we own, runners as sessions over it."""
+
+    def __init__(self, host: Host, options: SshOptions) -> None:
+        self.host = host
+        self.options = options
+        self._master: Optional["subprocess.Popen[bytes]"] = None
+        self._socket: Optional[str] = None
+        self._lock = threading.Lock()
+        self._stderr: collections.deque = collections.deque(maxlen=64)
+
+    def connect(self) -> None:
+        """Start the master and wait until its control socket answers (or ssh says why not)."""
+        with self._lock:
+            if self.is_alive():
+                return
+            self._stop_master()
+            if not ssh_available():
+                raise ConnectError(self.host.name, "the openssh client needs an ssh binary on "
+                                   "PATH (apt-get install openssh-client), or use "
+                                   "--ssh-client paramiko", status="unreachable")
+            options = ssh_args(self.host, self.options)   # may refuse: before any process
+            with _control.lock:
+                sock = _control.socket(self)
+            self._socket = sock
+            argv = (["ssh", "-M", "-N", "-S", sock, "-o", "ControlPersist=no",
+                     "-o", "ControlMaster=yes"] + options + ["--", self.host.name])
+            self._stderr.clear()
+            try:
+                master = _spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+            except OSError as exc:
+                self._forget()
+                raise ConnectError(self.host.name, f"cannot start ssh: {exc.strerror or exc}",
+                                   status="unreachable") from None
+            self._master = master
+            assert master.stderr is not None
+            threading.Thread(target=self._drain, args=(master.stderr,), daemon=True).start()
+            timeout = (self.host.connect_timeout or self.options.connect_timeout) * (
+                1 + len(self.host.jump)) + 5
+            deadline = time.monotonic() + timeout
+            while not os.path.exists(sock):
+                if master.poll() is not None:
+                    master.wait()
+                    time.sleep(0.05)   # the drain thread reads the last words
+                    stderr = "".join(self._stderr)
+                    self._forget()
+                    raise classify(self.host, stderr, self.options)
+                if time.monotonic() > deadline:
+                    self._stop_master()
+                    raise ConnectError(self.host.name, f"ssh did not connect within "
+                                       f"{timeout:g} s", status="timeout")
+                time.sleep(0.01)
+
+    def _drain(self, stream: Any) -> None:
+        for line in stream:
+            self._stderr.append(line.decode("utf-8", "replace"))
+
+    def is_alive(self) -> bool:
+        return (self._master is not None and self._master.poll() is None
+                and self._socket is not None and os.path.exists(self._socket))
+
+    def open_runner(self, label: str) -> "OpenSshProcess":
+        if not self.is_alive():
+            self.connect()
+        assert self._socket is not None
+        argv = (["ssh", "-S", self._socket, "-o", "ControlMaster=no", "-T"]
+                + ssh_args(self.host, self.options)
+                + ["--", self.host.name, bootstrap.command(self.host.python)])
+        return OpenSshProcess(label, argv, self)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop_master()
+
+    def _stop_master(self) -> None:
+        master, sock = self._master, self._socket
+        if master is not None and master.poll() is None:
+            master.terminate()   # ssh closes its sessions and removes the socket
+            try:
+                master.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                master.kill()
+                master.wait(timeout=STOP_GRACE)
+        if sock is not None:
+            try:
+                os.unlink(sock)
+            except OSError:
+                pass
+        self._forget()
+
+    def _forget(self) -> None:
+        had = self._socket is not None
+        self._master, self._socket = None, None
+        if had:
+            with _control.lock:
+                _control.release(self)
+
+
+class OpenSshProcess:
+    """A runner as an ssh session over the master: pipes to and from the ssh process."""
+
+    def __init__(self, label: str, argv: List[str], conn: OpenSshConnection) -> None:
+        self.label = label
+        self._conn = conn
+        self._timeout: Optional[float] = None
+        self._proc = _spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
+        assert self._proc.stdin and self._proc.stdout and self._proc.stderr
+        self._stdin = self._proc.stdin.fileno()
+        self._stdout = self._proc.stdout.fileno()
+        self._tail: collections.deque = collections.deque(maxlen=64)
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.send(bootstrap.stage2())
+
+    def _drain(self) -> None:
+        assert self._proc.stderr is not None
+        for line in self._proc.stderr:
+            self._tail.append(line.decode("utf-8", "replace"))
+
+    def set_timeout(self, seconds: Optional[float]) -> None:
+        """A recv that hears nothing this long raises socket.timeout (as a paramiko channel)."""
+        self._timeout = seconds
+
+    def send(self, *chunks: bytes) -> None:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self._stdin, view):]
+
+    def recv(self, size: int) -> bytes:
+        if self._timeout is not None:
+            ready, _, _ = select.select([self._stdout], [], [], self._timeout)
+            if not ready:
+                raise socket.timeout("no data from the runner")
+        return os.read(self._stdout, size)
+
+    def close(self) -> None:
+        try:
+            self._proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        self.close()
+        if self._proc.poll() is None:
+            self._proc.kill()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for stream in (self._proc.stdout, self._proc.stderr):
+            try:
+                stream.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+
+    def diagnose(self) -> str:
+        try:
+            code: Optional[int] = self._proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
+        time.sleep(0.02)
+        stderr = "".join(self._tail)
+        if code == 255:
+            error = classify(self._conn.host, stderr, self._conn.options)
+            return describe_exit(None, stderr, f"ssh failed ({error.problem})")
+        return describe_exit(code, stderr)
+
