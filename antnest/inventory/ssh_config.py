@@ -160,7 +160,7 @@ def options_to_fields(name: str, options: Options, path: str) -> Dict[str, Any]:
 
     try:
         hostname = one("hostname")
-        if hostname is not None:
+        if hostname is not None and hostname != name.lower():   # ssh lower-cases every name
             found["address"] = hostname
         port = one("port")
         if port is not None and port != "22":

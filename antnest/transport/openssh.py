@@ -70,9 +70,11 @@ _spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                  thread_name_prefix="antnest-ssh-spawn")
 
 
-def _spawn(argv: List[str], **kwargs: Any) -> "subprocess.Popen[bytes]":
+def _spawn(argv: List[str], die_with_antnest: bool = True, **kwargs: Any
+           ) -> "subprocess.Popen[bytes]":
     def start() -> "subprocess.Popen[bytes]":
-        return subprocess.Popen(argv, preexec_fn=_die_with_antnest, **kwargs)  # noqa: PLW1509
+        return subprocess.Popen(argv, preexec_fn=_die_with_antnest if die_with_antnest
+                                else None, **kwargs)  # noqa: PLW1509
     return _spawner.submit(start).result()
 
 
@@ -91,9 +93,13 @@ class _ControlDir:
 
     def socket(self, user: "OpenSshConnection") -> str:
         if self._path is None or not os.path.isdir(self._path):
-            self._path = tempfile.mkdtemp(prefix="antnest-ssh-")   # mode 0700
+            base = tempfile.gettempdir()
+            if len(base) > 50:   # a socket path must fit in 108 bytes, with ssh's suffix
+                base = "/tmp"
+            self._path = tempfile.mkdtemp(prefix="antnest-ssh-", dir=base)   # mode 0700
             os.chmod(self._path, 0o700)
             self._janitor = _spawn(["/bin/sh", "-c", 'read _; rm -rf "$0"', self._path],
+                                   die_with_antnest=False,   # it must outlive a SIGKILL
                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, start_new_session=True)
         self.users.add(user)
@@ -429,7 +435,10 @@ class OpenSshProcess:
         self._stdout = self._proc.stdout.fileno()
         self._tail: collections.deque = collections.deque(maxlen=64)
         threading.Thread(target=self._drain, daemon=True).start()
-        self.send(bootstrap.stage2())
+        try:
+            self.send(bootstrap.stage2())
+        except OSError:   # ssh or the command already ended: recv sees EOF, diagnose says why
+            pass
 
     def _drain(self) -> None:
         assert self._proc.stderr is not None
