@@ -136,6 +136,9 @@ def _fleet_hosts(n: int) -> Dict[str, Any]:
 def cluster(n: int, **options: Any):
     import antnest
 
+    client = os.environ.get("ANTNEST_BENCH_SSH_CLIENT")   # benchmarks/clients.py sets it
+    if client:
+        options.setdefault("ssh_client", client)
     return antnest.Cluster(**_fleet_hosts(n), **options)
 
 

@@ -1,0 +1,103 @@
+"""paramiko vs openssh (issue 12), side by side with multiprocessing.Pool, in one run.
+
+    python benchmarks/clients.py            # full sizes
+    python benchmarks/clients.py --quick    # smaller sizes
+
+Each figure comes from a fresh child interpreter (``run.py --child``, the same workloads as
+run.py: W2 efficiency, W3 start-up of 8 hosts, W4 MiB/s, W5 one-at-a-time latency), once per
+client, the clients alternating, Pool measured inside every child. Then the cost of OpenSSH's
+key exchange: connect+authenticate+exit (``ssh -o ControlMaster=no host true``) with the default
+KexAlgorithms (post-quantum sntrup761x25519 first) and with curve25519-sha256.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from antnest.testing import SshdFleet  # noqa: E402
+
+RESULT_TAG = "ANTNEST_BENCH_RESULT "
+UNITS = {"W4": "MiB/s", "W5": "us/call", "W2": "efficiency", "W3": "s (8 hosts)"}
+CLIENTS = ("paramiko", "openssh")
+
+
+def child(args: List[str], client: str, env: Dict[str, str]) -> Dict[str, Any]:
+    out = subprocess.run([sys.executable, str(HERE / "run.py"), "--child", *args],
+                         env=dict(env, ANTNEST_BENCH_SSH_CLIENT=client), capture_output=True,
+                         text=True, timeout=900)
+    for line in out.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    raise SystemExit(f"child {args} ({client}) failed:\n{out.stderr[-3000:]}")
+
+
+def kex_cost(fleet: SshdFleet, rounds: int) -> Dict[str, float]:
+    host = fleet.hosts[0]
+    base = ["ssh", "-F", "none", "-o", "BatchMode=yes", "-o", "ControlMaster=no",
+            "-o", f"UserKnownHostsFile={fleet.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-i", str(fleet.client_key), "-o", "IdentitiesOnly=yes", "-p", str(host.port),
+            "-l", fleet.user, host.address, "true"]
+    variants = {"default (sntrup761x25519 first)": [],
+                "KexAlgorithms=curve25519-sha256": ["-o", "KexAlgorithms=curve25519-sha256"]}
+    times: Dict[str, List[float]] = {k: [] for k in variants}
+    for _ in range(rounds):   # alternating, so both see the same machine
+        for name, extra in variants.items():
+            started = time.perf_counter()
+            subprocess.run(base[:1] + extra + base[1:], check=True, capture_output=True,
+                           stdin=subprocess.DEVNULL, timeout=60)
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(v) * 1000 for name, v in times.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    size = "quick" if args.quick else "full"
+    scratch = Path(tempfile.mkdtemp(prefix="antnest-clients-"))
+    home = scratch / "home"
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home), PYTHONPATH=str(HERE.parent))
+    env.pop("SSH_AUTH_SOCK", None)
+    with SshdFleet(scratch / "fleet", count=8, first_octet=11) as fleet:
+        fleet_file = scratch / "fleet.json"
+        fleet_file.write_text(json.dumps({
+            "user": fleet.user, "client_key": str(fleet.client_key),
+            "known_hosts": str(fleet.known_hosts),
+            "hosts": [{"name": h.name, "address": h.address, "port": h.port}
+                      for h in fleet.hosts],
+            "daemon_pids": [h.pid for h in fleet.hosts]}))
+        env["ANTNEST_BENCH_FLEET"] = str(fleet_file)
+        rows = []
+        for workload in (["W4", size], ["W5", size], ["W2", size], ["W3", size, "8"]):
+            figures = {client: child(workload, client, env) for client in CLIENTS}
+            rows.append((workload[0], figures))
+        kex = kex_cost(fleet, 5 if args.quick else 15)
+    print(f"{'workload':<10} {'unit':<12} {'Pool':>10} {'paramiko':>10} {'openssh':>10}")
+    for name, figures in rows:
+        unit = UNITS[name]
+        pool = statistics.mean(f.get("pool", float("nan")) for f in figures.values())
+        print(f"{name:<10} {unit:<12} {pool:>10.3f} "
+              + " ".join(f"{figures[c].get('antnest', float('nan')):>10.3f}" for c in CLIENTS))
+    for name, figures in rows:
+        for client in CLIENTS:
+            print(f"  {name} {client}: {figures[client].get('notes', '')}")
+    print("ssh connect+auth+exit, median ms:")
+    for name, ms in kex.items():
+        print(f"  {name}: {ms:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
