@@ -172,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--json", action="store_true", help="print JSON")
     _add_output_options(inv)
 
+    rep = commands.add_parser("report", help="summarise a run from its --report file",
+                              description="Print what a run did, per host, from the record a "
+                                          "`run --report FILE.json` wrote; --html draws it as "
+                                          "one self-contained page (a timeline of every runner).")
+    rep.add_argument("record", metavar="RUN.json", help="a file written by run --report")
+    rep.add_argument("--html", metavar="FILE", help="write the timeline page to FILE")
+    rep.add_argument("--png", metavar="FILE",
+                     help="also write a screenshot of the page to FILE (needs chromium)")
+    _add_output_options(rep)
+
     check = commands.add_parser("check", help="connect to every host and report which are usable",
                                 description="Connect to every host in parallel, boot the runner "
                                             "and time one round trip. Exit 0 when all are ok, "
@@ -294,12 +304,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             message = None if error is None else (str(error).splitlines() or [""])[0] or (
                 type(error).__name__)
             try:
-                write_report(args.report, build_report(
+                report = build_report(
                     version=antnest.__version__, job=args.job,
                     inventory=args.inventory or args.hosts, started=started, ended=time.time(),
                     exit_code=code, hosts=cluster.hosts if cluster is not None else [],
                     failures=failures, interrupted=code in (EXIT_INTERRUPTED, EXIT_TERMINATED),
-                    error=message, **counts))
+                    error=message, **counts)
+                if cluster is not None:   # the run record, for `antnest report FILE.json`
+                    report["trace"] = cluster.run_record()
+                write_report(args.report, report)
             except OSError as exc:
                 log.error("cannot write the report %s: %s", args.report, exc.strerror or exc)
 
@@ -456,8 +469,29 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return exec_command.main(args, _selected_hosts(args))
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from antnest.summary import format_summary, load_record
+
+    report = load_record(args.record)
+    print(format_summary(report))
+    if args.html or args.png:
+        from antnest.timeline import render_html, screenshot
+
+        page = render_html(report)
+        target = args.html
+        if target:
+            try:
+                with open(target, "w", encoding="utf-8") as handle:
+                    handle.write(page)
+            except OSError as exc:
+                raise errors.UsageError(f"html {target}: {exc.strerror or exc}") from None
+        if args.png:
+            screenshot(page, args.png)
+    return EXIT_OK
+
+
 COMMANDS: dict = {"run": cmd_run, "inventory": cmd_inventory, "check": cmd_check,
-                  "exec": cmd_exec}
+                  "exec": cmd_exec, "report": cmd_report}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

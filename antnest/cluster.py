@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -465,8 +466,12 @@ class Cluster(Executor):
         self.job_call = call
         self.job_feed = feed
         self.job_total = total
+        recorder = self.scheduler.recorder
+        self.job_input = _InputGauge(plan.source)
+        recorder.input_size = self.job_input.size
         shown = progress(total) if progress is not None else None
         if shown is not None:
+            shown.set_input_size(self.job_input.size)
             shown.poll(self.job_progress)
         timer = None
         if timeout is not None:
@@ -474,20 +479,33 @@ class Cluster(Executor):
             timer.daemon = True
             timer.start()
         failures: List[TaskError] = []
+        combine_began: Optional[float] = None
         try:
             self.scheduler.add_call(call)
+
+            waiting = [0.0]   # time combine() spent waiting for results, not combining
 
             def successes() -> Iterator[Any]:
                 values = call.results(with_failures=self.policy.keep_going)
                 if feed is not None:  # journaled results back in their places
                     values = feed.results(values)
-                for value in values:
+                clock = time.monotonic
+                values = iter(values)
+                while True:
+                    asked = clock()
+                    try:
+                        value = next(values)
+                    except StopIteration:
+                        waiting[0] += clock() - asked
+                        return
+                    waiting[0] += clock() - asked
                     if type(value) is Failure:
                         failures.append(value.error)
                         if not plan.failures_inline:
                             continue
                     yield value
 
+            combine_began = time.monotonic()
             try:
                 value = plan.combine(successes(), failures)
             except (AntnestError, BrokenPipeError):  # ours, or the output's reader left
@@ -503,6 +521,10 @@ class Cluster(Executor):
         finally:
             if timer is not None:
                 timer.cancel()
+            recorder.input_seconds = call.input_seconds
+            if combine_began is not None:
+                recorder.combine_seconds = max(0.0, time.monotonic() - combine_began - waiting[0])
+            recorder.phases["combine_end"] = round(recorder.now(), 4)
             if shown is not None:
                 shown.close()
             plan.closer()
@@ -528,13 +550,25 @@ class Cluster(Executor):
         return call.tally(total=getattr(self, "job_total", None),
                           resumed=feed.skipped if feed is not None else 0)
 
-    def job_progress(self) -> Tuple[int, int, int]:
-        """(taskunits done, hosts busy, hosts usable) of the running job, for Progress.poll."""
+    def job_progress(self) -> Tuple[Any, ...]:
+        """(taskunits done, hosts busy, hosts usable, extras) of the running job, for
+        Progress.poll; extras: failed, retried, runners lost, input bytes consumed."""
         tally = self.job_tally()
+        call = self.job_call
         workers = list(self.scheduler.workers)
         busy = {w.host_name for w in workers if w.inflight}
         usable = {w.host_name for w in workers if w.accepting}
-        return (tally.done + tally.failed if tally is not None else 0), len(busy), len(usable)
+        done = tally.done + tally.failed if tally is not None else 0
+        extras = {"failed": len(call.failures), "retried": call.retried,
+                  "lost": sum(g.state.lost for g in self._groups)}
+        gauge = getattr(self, "job_input", None)
+        if gauge is not None and gauge.size:
+            extras["bytes_done"] = gauge.consumed(done, call.taken)
+        return done, len(busy), len(usable), extras
+
+    def run_record(self) -> Dict[str, Any]:
+        """The run record (antnest.trace) so far: batches, runners, hosts, phases."""
+        return self.scheduler.recorder.as_dict()
 
     def job_counts(self) -> Dict[str, Any]:
         """What the report says about the last job run: done, failed, retried, resumed,
@@ -667,6 +701,36 @@ class _JournaledCall(OrderedCall):
 
 def _deref(reference: Any) -> Any:
     return reference() if type(reference) is weakref.ref else reference
+
+
+class _InputGauge:
+    """How much of an input file the finished taskunits stand for. split() reads ahead of
+    the work, so the read position is scaled by done / read: bytes per taskunit so far."""
+
+    def __init__(self, source: Any) -> None:
+        self.fd: Optional[int] = None
+        self.size: Optional[int] = None
+        try:
+            fd = source.fileno() if source is not None else None
+            if fd is not None:
+                info = os.fstat(fd)
+                if stat.S_ISREG(info.st_mode) and info.st_size > 0:
+                    self.fd, self.size = fd, info.st_size
+        except (AttributeError, OSError, ValueError):
+            pass
+
+    def consumed(self, done: int, taken: int) -> int:
+        if self.fd is None or not self.size:
+            return 0
+        try:
+            position = os.lseek(self.fd, 0, os.SEEK_CUR)
+        except OSError:
+            return 0
+        if taken <= 0:
+            return 0
+        if position >= self.size and done >= taken:
+            return self.size
+        return min(self.size, int(position * done / taken))
 
 
 def _length(items: Any) -> Optional[int]:

@@ -79,6 +79,7 @@ class Plan:
     # taskunit, in its place, so a combine that indexes taskunits keeps them aligned.
     failures_inline: bool = False
     setup: Optional[Callable[[], Any]] = None  # the job's setup(), run once per runner
+    source: Optional[IO[str]] = None           # the input file, for progress in bytes
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -274,7 +275,7 @@ def _modern_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:
 
     closer = handle.close if handle is not None and handle is not sys.stdin else (lambda: None)
     return Plan(items=items, processor=job.processor, combine=run_combine, closer=closer,
-                setup=job.setup)
+                setup=job.setup, source=handle)
 
 
 # -- the original form --------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from antnest.errors import (
     UnpicklableData,
     format_seconds,
 )
+from antnest.trace import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ class _Feeder:
         sched = call.scheduler
         append = self.buffer.append
         next_check = 1
+        began = time.monotonic()
+        held = 0.0   # time spent waiting for room, not reading: input_seconds leaves it out
         try:
             for count, item in enumerate(self._iterator, 1):
                 append(item)
@@ -141,8 +144,11 @@ class _Feeder:
                     self.hungry = False
                     sched.pump()
                 if count >= next_check:
-                    while count - call.consumed >= call.ahead_limit() and call.error is None:
-                        time.sleep(0.01)
+                    if count - call.consumed >= call.ahead_limit():
+                        waited = time.monotonic()
+                        while count - call.consumed >= call.ahead_limit() and call.error is None:
+                            time.sleep(0.01)
+                        held += time.monotonic() - waited
                     if call.error is not None or call.stop_reading:
                         return
                     # big items (MiB chunks) are checked one by one, small ones in blocks
@@ -152,6 +158,7 @@ class _Feeder:
         except Exception as exc:  # the job's split() or the caller's iterable raised
             self.error = exc
         finally:
+            call.input_seconds = time.monotonic() - began - held
             self.done = True
             sched.pump()
 
@@ -235,6 +242,7 @@ class Call:
         self.host: Optional[str] = None  # set: only that host's runners take its taskunits
         self.raise_in_order = False  # map: a failure is raised in its place, after earlier results
         self.stop_reading = False
+        self.input_seconds = 0.0     # spent reading the input (split()), for the run record
         self.durations: Deque[float] = collections.deque(maxlen=64)  # finished batches, s
 
     def tally(self, total: Optional[int] = None, resumed: int = 0) -> Tally:
@@ -662,6 +670,7 @@ class Scheduler:
     def settle(self, actions: list) -> None:
         """Futures to resolve; done outside this lock (callbacks must not run under it)."""
         self.settler.put(actions)
+        self.recorder = Recorder()   # the run record (antnest.trace); cheap, always on
 
     # -- registration --------------------------------------------------------------------
     def add_call(self, call: Call) -> Call:
@@ -786,6 +795,7 @@ class Scheduler:
             call = batch.call
             n = len(values)
             call.learn(n, elapsed, payload_size)
+            self.recorder.batch_results(batch_id, payload_size)
             lo = batch.base + offset
             if call.error is not None:  # the call ended: drop the values, free the window
                 batch.filled[lo:lo + n] = b"\x01" * n
@@ -807,6 +817,7 @@ class Scheduler:
         del worker.inflight[batch.id]
         if batch.started:
             batch.call.durations.append(now - batch.started)
+        self.recorder.batch_finished(batch, batch.started)
         for head in worker.inflight.values():
             head.started = now
             break
@@ -898,6 +909,8 @@ class Scheduler:
 
     def _task_failed(self, worker: Any, batch: Batch, index: int, error: TaskError) -> None:
         call = batch.call
+        self.recorder.taskunit_failed(batch.id, error.taskunit_id, error.problem,
+                                      isinstance(error, TaskTimeout))
         attempts = batch.attempts + 1
         if attempts <= call.policy.retries and call.error is None:
             retry = batch.part(index, index + 1, fresh=True, attempts=attempts,
@@ -950,6 +963,8 @@ class Scheduler:
             worker.inflight.clear()
             worker.outbox.clear()
             for position, batch in enumerate(batches):
+                self.recorder.batch_lost(batch, batch.started, reason,
+                                         cancelled=batch.call.error is not None)
                 if batch.call.error is not None:
                     continue
                 parts = batch.unfinished_parts()

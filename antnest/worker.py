@@ -271,6 +271,8 @@ class Worker:
                 return
             # no new runner for a cluster that is shutting down
             stopping = self._stopping.is_set() or self.scheduler.closed is not None
+            self.scheduler.recorder.runner_exited(self.label, self.host_name, reason,
+                                                  lost=not stopping and not self.aborted)
             if self.aborted:
                 log.debug("%s: runner stopped (%s)%s", self.label, reason,
                           "" if stopping else "; starting a new one")
@@ -286,6 +288,8 @@ class Worker:
 
     def _boot_failed(self, exc: HostError, first: bool, failures: int) -> None:
         group = self.group
+        self.scheduler.recorder.runner_exited(self.label, self.host_name,
+                                              f"boot failed: {exc}", lost=False)
         with group.lock:
             report = group.hello is None and group.state.state != "failed"
             if report:
@@ -293,6 +297,7 @@ class Worker:
                 group.state.state = "failed"
                 group.state.error = str(exc)
         if report:
+            self.scheduler.recorder.host_failed(group.name, str(exc))
             group.cluster.host_failed(group, exc)
         elif group.hello is not None and not self._stopping.is_set():
             log.warning("%s: cannot start a runner (attempt %d of %d): %s", self.label, failures,
@@ -318,6 +323,8 @@ class Worker:
         self.loaded = set()
         self.to_forget.clear()
         self.culprit_known = False
+        recorder = self.scheduler.recorder
+        recorder.runner_booting(self.label, self.host_name)
         proc = self.group.start_runner(self.label)
         self.proc = proc
         if self._stopping.is_set():  # stop() ran while we booted: it could not see this proc
@@ -328,6 +335,8 @@ class Worker:
         hello = await_hello(self.group.host, proc, self._reader)
         self.pickle_protocol = min(5, hello.get("pickle_protocol", 5))
         self.group.on_hello(self, hello)
+        recorder.runner_hello(self.label, self.host_name, ".".join(map(str, hello["python"])),
+                              hello.get("cpus"))
         # Options every JOB would carry; sent once now so the watchdogs run from the start.
         options = {"heartbeat": HEARTBEAT, "idle_timeout": RUNNER_IDLE_TIMEOUT,
                    "master_python": _python_version(), **self.group.cluster.runner_options(
@@ -438,6 +447,8 @@ class Worker:
                     call.learn_sent(len(batch.items), len(payload))
                     self.proc.send(*parts, *frame(Kind.TASKS, payload))
                     self.loaded.add(call.fn_id)
+                    self.scheduler.recorder.batch_sent(self.label, self.host_name, batch,
+                                                       len(payload))
                 except link_errors() + (AttributeError,) as exc:
                     log.debug("%s: send failed: %s", self.label, exc)
                     self.proc.kill()  # the reader sees EOF and gives the batches back

@@ -14,7 +14,7 @@ import pytest
 
 from antnest.progress import Progress, format_line
 
-PLAIN = re.compile(r"^antnest: \d+/200 taskunits \(\d+%\), [\d.]+/s, 2/3 hosts busy$")
+PLAIN = re.compile(r"^antnest: \d+/200 taskunits \(\d+%\), [\d.]+/s, 2/3 hosts busy(, ETA \d+:\d\d:\d\d)?$")
 
 
 def drain(fd: int, until_quiet: float = 0.3) -> bytes:
@@ -221,3 +221,78 @@ def test_a_closed_stream_silences_progress_instead_of_failing() -> None:
         stream.close()
     except OSError:                       # flushing into the closed pipe
         pass
+
+
+# --- issue 16: progress that tells the truth ----------------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def test_prints_while_the_bar_is_up_are_never_glued_onto_it(
+        terminal: Tuple[IO[str], int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """combine() printing to the bar's terminal: each printed line stands alone (issue 18
+    item 10: `antnest: 158taskunit [00:29, ...]3858982 w0` before)."""
+    stream, master = terminal
+    monkeypatch.setattr("sys.stdout", stream)
+    output: List[bytes] = []
+    reader = threading.Thread(target=lambda: output.append(drain(master, 0.5)))
+    reader.start()
+    progress = Progress(200, stream=stream, interval_plain=0.05)
+    import sys
+    assert sys.stdout is not stream            # routed above the bar while it is up
+    for step in range(201):
+        progress.update(step, 2, 3)
+        if step % 40 == 20:
+            print(f"3858982 w{step}")
+            print("part", end="")              # a partial line waits for its newline
+            print(" two")
+        time.sleep(0.002)
+    progress.close()
+    assert sys.stdout is stream                # given back
+    reader.join()
+    segments = [ANSI.sub("", s).strip() for s in re.split(r"[\r\n]", output[0].decode())]
+    printed = [s for s in segments if "3858982" in s or "part" in s]
+    assert printed, segments
+    assert sorted(set(printed)) == sorted({f"3858982 w{s}" for s in range(20, 201, 40)}
+                                          | {"part two"}), printed
+
+
+def test_bar_counts_bytes_of_the_input_and_shows_troubles(
+        terminal: Tuple[IO[str], int]) -> None:
+    import fcntl
+    import struct
+    import termios
+
+    stream, master = terminal
+    fcntl.ioctl(stream.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    output: List[bytes] = []
+    reader = threading.Thread(target=lambda: output.append(drain(master, 0.5)))
+    reader.start()
+    progress = Progress(None, stream=stream)
+    progress.set_input_size(10_000_000)
+    for step in range(0, 101, 10):
+        progress.update(step, 1, 2, failed=1, retried=2, lost=1, bytes_done=step * 50_000)
+        time.sleep(0.03)
+    progress.close()
+    reader.join()
+    text = output[0].decode()
+    assert "50%" in text and "100 taskunits" in text          # bytes of the input, with %
+    assert "1 failed, 2 retried, 1 runner lost" in text
+    assert "4.77M/9.54M" in text or "4.77MB/9.54MB" in text   # tqdm's binary units
+
+
+def test_plain_line_has_eta_bytes_and_troubles() -> None:
+    line = format_line(250, None, 12.5, 3, 4,
+                       extras={"bytes_total": 4_000_000, "bytes_done": 1_000_000, "failed": 2,
+                               "lost": 2}, eta=75.2)
+    assert line == ("antnest: 250 taskunits, 1.0 MB/4.0 MB of the input (25%), 12.5/s, "
+                    "3/4 hosts busy, 2 failed, 2 runners lost, ETA 0:01:15")
+    assert format_line(10, 40, 2.0, 1, 1, eta=15).endswith("1/1 hosts busy, ETA 0:00:15")
+
+
+def test_plain_lines_into_a_pipe_gain_an_eta(pipe: Tuple[IO[str], int]) -> None:
+    stream, reader = pipe
+    progress = Progress(200, stream=stream, interval_plain=0.1)
+    drive(progress, seconds=0.6)
+    lines = drain(reader).decode().splitlines()
+    assert any(", ETA 0:00:0" in line for line in lines[:-1]), lines
