@@ -795,7 +795,7 @@ class Scheduler:
             call = batch.call
             n = len(values)
             call.learn(n, elapsed, payload_size)
-            self.recorder.batch_results(batch_id, payload_size)
+            self.recorder.batch_results(batch_id, payload_size, n - len(errors))
             lo = batch.base + offset
             if call.error is not None:  # the call ended: drop the values, free the window
                 batch.filled[lo:lo + n] = b"\x01" * n

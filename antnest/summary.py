@@ -44,20 +44,23 @@ def host_rows(trace: Dict[str, Any]) -> List[Dict[str, Any]]:
                               "runners": len(runners_of.get(info["name"], [])),
                               "done": 0, "busy": 0.0, "batches": 0, "failures": 0,
                               "lost": info.get("lost", 0), "retries": 0, "stragglers": 0,
-                              "error": info.get("failed")}
+                              "ran": 0, "error": info.get("failed")}
 
     def row(host: str) -> Dict[str, Any]:
         return rows.setdefault(host, {"host": host, "python": None, "connect": None,
                                       "runners": len(runners_of.get(host, [])), "done": 0,
                                       "busy": 0.0, "batches": 0, "failures": 0, "lost": 0,
-                                      "retries": 0, "stragglers": 0, "error": None})
+                                      "retries": 0, "stragglers": 0, "ran": 0, "error": None})
 
     for batch in trace.get("batches", []):
         r = row(batch["host"])
         took = max(0.0, (batch.get("finished") or 0) - (batch.get("started") or 0))
         r["busy"] += took
+        if batch["outcome"] != "cancelled" and took > 0:
+            r["ran"] += 1
+        if batch["outcome"] != "copy-lost":   # a losing copy's results were dropped
+            r["done"] += batch.get("done", batch["n"] if batch["outcome"] in DONE else 0)
         if batch["outcome"] in DONE:
-            r["done"] += batch["n"]
             r["batches"] += 1
         if batch["outcome"] in ("failed", "timeout"):
             r["failures"] += 1
@@ -70,9 +73,10 @@ def host_rows(trace: Dict[str, Any]) -> List[Dict[str, Any]]:
         r["done"] += bucket["n"]
         r["busy"] += bucket["busy"]
         r["batches"] += bucket["batches"]
+        r["ran"] += bucket["batches"]
     span = _work_span(trace)
     for r in rows.values():
-        r["mean_batch"] = r["busy"] / r["batches"] if r["batches"] else None
+        r["mean_batch"] = r["busy"] / r["ran"] if r["ran"] else None
         capacity = span * max(1, r["runners"])
         r["busy_pct"] = min(100.0, 100.0 * r["busy"] / capacity) if capacity > 0 else 0.0
     return list(rows.values())
@@ -86,17 +90,10 @@ def dominated(report: Dict[str, Any]) -> Tuple[str, List[Tuple[str, float]]]:
     up = phases.get("first_runner_up") or 0.0
     last = phases.get("last_finished") or up
     ends = [b.get("finished") or 0 for b in trace.get("batches", []) if b["outcome"] in DONE]
-    per_host_end: Dict[str, float] = {}
-    for b in trace.get("batches", []):
-        if b["outcome"] in DONE:
-            per_host_end[b["host"]] = max(per_host_end.get(b["host"], 0.0), b["finished"] or 0)
-    for bucket in trace.get("aggregated", []):
-        per_host_end[bucket["host"]] = max(per_host_end.get(bucket["host"], 0.0), bucket["to"])
-    straggling = (max(per_host_end.values()) - min(per_host_end.values())
-                  if len(per_host_end) > 1 else 0.0)
+    straggling = _lonely_seconds(trace, up, last)
     parts = [("start-up (connecting, booting runners)", up),
              ("input (reading and splitting it)", phases.get("input_seconds") or 0.0),
-             ("waiting for the slowest host", straggling),
+             ("stragglers (one runner busy, the others idle)", straggling),
              ("combine()", phases.get("combine_seconds") or 0.0),
              ("the processors on the hosts", max(0.0, last - up - straggling) if ends or
               trace.get("aggregated") else 0.0)]
@@ -158,6 +155,28 @@ def format_summary(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _lonely_seconds(trace: Dict[str, Any], start: float, end: float) -> float:
+    """Seconds between `start` and `end` when work was going on but at most one runner of
+    several was busy: the run waiting for a straggler (or for a last slow batch)."""
+    if len(trace.get("runners", [])) < 2:
+        return 0.0
+    edges: List[Tuple[float, int]] = []
+    for b in trace.get("batches", []):
+        if b["outcome"] != "cancelled" and (b.get("finished") or 0) > (b.get("started") or 0):
+            edges += [(b["started"], 1), (b["finished"], -1)]
+    for bucket in trace.get("aggregated", []):
+        edges += [(bucket["from"], 1), (bucket["from"] + bucket["busy"], -1)]
+    edges.sort()
+    busy, at, lonely = 0, start, 0.0
+    for t, step in edges:
+        t = min(max(t, start), end)
+        if busy == 1:
+            lonely += t - at
+        busy += step
+        at = t
+    return lonely
+
+
 def _span(start: Any, end: Any) -> Any:
     if start is None or end is None:
         return None
@@ -165,7 +184,10 @@ def _span(start: Any, end: Any) -> Any:
 
 
 def _work_span(trace: Dict[str, Any]) -> float:
+    """From the first runner up to the last batch's end (whatever its outcome)."""
     phases = trace.get("phases", {})
     start = phases.get("first_runner_up") or 0.0
-    end = phases.get("last_finished") or trace.get("ended") or 0.0
-    return max(0.0, end - start)
+    ends = [b.get("finished") or 0.0 for b in trace.get("batches", [])]
+    ends += [b["to"] for b in trace.get("aggregated", [])]
+    end = max(ends) if ends else (phases.get("last_finished") or trace.get("ended") or 0.0)
+    return max(0.0, min(end, trace.get("ended") or end) - start)

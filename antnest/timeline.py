@@ -138,16 +138,18 @@ def _bars(trace: Dict[str, Any], scale: float, y_of: Dict[str, float]) -> str:
             continue
         start = b.get("started") if b.get("started") is not None else b.get("sent") or 0.0
         stop = b.get("finished") if b.get("finished") is not None else trace.get("ended", start)
+        if b["outcome"] in ("lost", "cancelled", "copy-lost") and stop <= start:
+            continue   # queued behind another batch when its runner went: it never ran
         x = LEFT + start * scale
         # failed, lost and timed-out bars stay visible however short they were
         w = max(1.0 if b["outcome"] in ("ok", "won", "copy-lost", "cancelled") else 4.0,
                 (stop - start) * scale)
-        where[b["id"]] = (x + w / 2, y + LANE / 2)
+        where[b["id"]] = (x, y + LANE / 2)
         if merge and b["outcome"] == "ok":
             key = (b["runner"], int(x))
             slot = merged.setdefault(key, [x, x + w, 0])
             slot[1] = max(slot[1], x + w)
-            slot[2] += b["n"]
+            slot[2] += b.get("done", b["n"])
             continue
         tip = (f"{b['runner']} batch {b['id']}: taskunits {b['first']}..{b['first'] + b['n'] - 1}"
                f", {b['outcome']}, {start:.3f}-{stop:.3f} s, attempt {b.get('attempt', 1)}, "
@@ -173,9 +175,11 @@ def _bars(trace: Dict[str, Any], scale: float, y_of: Dict[str, float]) -> str:
                    f"fill='{COLOURS['aggregated']}' fill-opacity='{0.15 + 0.85 * shade:.2f}'>"
                    f"<title>{bucket['batches']} batches, {bucket['n']} taskunits, busy "
                    f"{100 * shade:.0f}%</title></rect>")
-    for b in batches:   # speculative copies: a line from the original to its copy
+    for b in batches:   # speculative copies: from the original, at the moment it was
+        # copied, to the copy's start
         if b.get("copy_of") is not None and b["copy_of"] in where and b["id"] in where:
-            (x0, y0), (x1, y1) = where[b["copy_of"]], where[b["id"]]
+            (_, y0), (x1, y1) = where[b["copy_of"]], where[b["id"]]
+            x0 = LEFT + (b.get("sent") or 0.0) * scale
             out.append(f"<line class='spec-link' data-from='{b['copy_of']}' data-to='{b['id']}' "
                        f"x1='{x0:.1f}' y1='{y0:.1f}' x2='{x1:.1f}' y2='{y1:.1f}' stroke='#2e7d32'"
                        f" stroke-width='1.5' stroke-dasharray='4 2'/>")
@@ -238,8 +242,9 @@ def _rate_chart(trace: Dict[str, Any], bins: int = 100) -> str:
     width = end / bins
     counts = [0.0] * bins
     for b in trace.get("batches", []):
-        if b["outcome"] in DONE and b.get("finished") is not None:
-            counts[min(bins - 1, int(b["finished"] / width))] += b["n"]
+        if b["outcome"] != "copy-lost" and b.get("finished") is not None:
+            done = b.get("done", b["n"] if b["outcome"] in DONE else 0)
+            counts[min(bins - 1, int(b["finished"] / width))] += done
     for bucket in trace.get("aggregated", []):
         counts[min(bins - 1, int(bucket["to"] / width))] += bucket["n"]
     rates = [c / width for c in counts]

@@ -106,7 +106,7 @@ class Recorder:
         twins = getattr(batch, "twins", None)
         record = {"id": batch.id, "host": host, "runner": runner, "first": batch.first_seq,
                   "n": len(batch.items), "sent": round(t, 4), "started": None, "finished": None,
-                  "bytes_out": nbytes, "bytes_in": 0, "outcome": None, "error": None,
+                  "bytes_out": nbytes, "bytes_in": 0, "done": 0, "outcome": None, "error": None,
                   "attempt": 1 + batch.attempts + batch.lost,
                   "copy_of": twins[0].id if twins and twins[0] is not batch else None}
         if self.phases["first_sent"] is None:
@@ -114,10 +114,12 @@ class Recorder:
         with self._lock:
             self._open[batch.id] = record
 
-    def batch_results(self, batch_id: int, nbytes: int) -> None:
+    def batch_results(self, batch_id: int, nbytes: int, done: int = 0) -> None:
+        """A RESULTS frame of `nbytes` came back carrying `done` successful results."""
         record = self._open.get(batch_id)
         if record is not None:
             record["bytes_in"] += nbytes
+            record["done"] += done
 
     def taskunit_failed(self, batch_id: int, taskunit: int, error: str, timeout: bool) -> None:
         record = self._open.get(batch_id)
@@ -163,8 +165,9 @@ class Recorder:
                     record["outcome"] = outcome or record["outcome"] or OK
             if why and record["error"] is None and record["outcome"] != OK:
                 record["error"] = why[:300]
-            if record["outcome"] == OK or record["outcome"] == WON:
+            if record["outcome"] in (OK, WON):
                 self.phases["last_finished"] = round(t, 4)
+            if record["outcome"] in (OK, WON, COPY_LOST):   # a copied straggler was slow too
                 per = (t - record["started"]) / max(1, record["n"])
                 if len(self.slowest) < MAX_SLOWEST or per > self.slowest[-1][0]:
                     self.slowest.append((per, record["first"], record["runner"], record["n"]))
@@ -202,7 +205,7 @@ class Recorder:
             if row is None:
                 row = buckets[key] = [0, 0, 0.0, 0, 0]
         row[0] += 1
-        row[1] += record["n"]
+        row[1] += record["done"]
         row[2] += max(0.0, record["finished"] - record["started"])
         row[3] += record["bytes_out"]
         row[4] += record["bytes_in"]
