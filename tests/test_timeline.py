@@ -17,7 +17,8 @@ from antnest import trace
 from antnest.summary import format_summary
 from antnest.timeline import browser_command, render_html
 
-IDS_JOB = Path(__file__).resolve().parent / "jobs_faults" / "ids.py"
+REPO = Path(__file__).resolve().parents[1]
+IDS_JOB = REPO / "tests" / "jobs_faults" / "ids.py"
 
 
 def chromium() -> str:
@@ -197,3 +198,36 @@ def test_record_stays_small_for_a_huge_run() -> None:
     page = render_html({"antnest_report": 1, "job": "big", "duration_seconds": 10000.0,
                         "taskunits": {"done": 10_000_000}, "trace": record})
     assert len(page) < 3_000_000 and "summed per runner per time bucket" in page
+
+
+def test_last_log_line_says_counts_output_and_duration(run_cli: Any, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAULT_N", "50")
+    monkeypatch.setenv("FAULT_SLEEP", "0")
+    log, out = tmp_path / "run.log", tmp_path / "run.out"
+    done = run_cli("run", "--procs", "2", "--log-file", log, "-o", out, IDS_JOB)
+    assert done.returncode == 0, done.stderr
+    last = log.read_text().splitlines()[-1]
+    assert re.search(rf"end: ok: 50 taskunits done, 0 failed, 0 resumed; output {re.escape(str(out))}; "
+                     r"\d+\.\d s$", last), last
+
+
+def test_report_of_a_file_without_a_record_is_exit_2(run_cli: Any, tmp_path: Path) -> None:
+    plain = tmp_path / "old.json"
+    plain.write_text(json.dumps({"antnest_report": 1, "job": "x"}))
+    done = run_cli("report", plain)
+    assert done.returncode == 2 and "holds no run record" in done.stderr
+    (tmp_path / "bad.json").write_text("{")
+    assert run_cli("report", tmp_path / "bad.json").returncode == 2
+
+
+def test_input_file_progress_counts_its_bytes(run_cli: Any, tmp_path: Path) -> None:
+    data = tmp_path / "in.txt"
+    data.write_text("".join(f"line {i} of the input\n" for i in range(3000)))
+    done = run_cli("run", "--procs", "2", "--input", data, "--progress", "-o",
+                   tmp_path / "out", REPO / "jobs" / "reverse.py")
+    assert done.returncode == 0, done.stderr
+    size = data.stat().st_size
+    assert "100%" in done.stderr and "3000 taskunits" in done.stderr, done.stderr[-500:]
+    assert f"{size / 1024:.0f}k" in done.stderr or f"{size / 1024:.1f}k" in done.stderr, \
+        done.stderr[-500:]
