@@ -666,11 +666,11 @@ class Scheduler:
         self.one_shot = False        # the cluster shuts down after this call: no restarts
         self.stats: "collections.Counter[str]" = collections.Counter()
         self.settler = Settler()
+        self.recorder = Recorder()   # the run record (antnest.trace); cheap, always on
 
     def settle(self, actions: list) -> None:
         """Futures to resolve; done outside this lock (callbacks must not run under it)."""
         self.settler.put(actions)
-        self.recorder = Recorder()   # the run record (antnest.trace); cheap, always on
 
     # -- registration --------------------------------------------------------------------
     def add_call(self, call: Call) -> Call:

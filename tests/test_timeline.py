@@ -208,8 +208,8 @@ def test_last_log_line_says_counts_output_and_duration(run_cli: Any, tmp_path: P
     done = run_cli("run", "--procs", "2", "--log-file", log, "-o", out, IDS_JOB)
     assert done.returncode == 0, done.stderr
     last = log.read_text().splitlines()[-1]
-    assert re.search(rf"end: ok: 50 taskunits done, 0 failed, 0 resumed; output {re.escape(str(out))}; "
-                     r"\d+\.\d s$", last), last
+    assert re.search(r"end: exit 0 after [\d.]+ ?m?s: 50 taskunits done, 0 failed, 0 resumed; "
+                     rf"output {re.escape(str(out))}$", last), last
 
 
 def test_report_of_a_file_without_a_record_is_exit_2(run_cli: Any, tmp_path: Path) -> None:
