@@ -176,3 +176,41 @@ def test_handshake_window_grows_on_success_halves_on_drops_and_keeps_its_cap() -
     window.release("neutral")
     assert window.acquire(timeout=1) >= 0.0   # and frees when a holder finishes
 
+
+
+def _one_block_per_host(path: Path, count: int) -> Path:
+    path.write_text("Host *.corp\n    User ops\n" + "".join(
+        f"Host n{i} alias{i}\n    HostName 10.1.{i // 250}.{i % 250}\n    Port {2000 + i % 100}\n"
+        for i in range(count)) + "Host *\n    ServerAliveInterval 7\n")
+    return path
+
+
+def test_ssh_config_lookups_are_linear_in_hosts(tmp_path: Path, mocker) -> None:
+    """One Host block per host (what inventory generators write): each lookup visits the
+    blocks naming it plus the wildcard ones, never every block (that was N² at start-up)."""
+    from antnest.inventory import load_hosts
+    from antnest.inventory import ssh_options
+
+    count = 600
+    config = _one_block_per_host(tmp_path / "ssh_config", count)
+    matched = mocker.spy(ssh_options, "_pattern_list")
+    mocker.patch.dict(os.environ, {"ANTNEST_SSH_CONFIG_READER": "builtin"})
+    hosts = load_hosts(host_list=",".join(f"n{i}" for i in range(count)), ssh_config=config)
+    assert [h.address for h in hosts[:3]] == ["10.1.0.0", "10.1.0.1", "10.1.0.2"]
+    assert hosts[257].port == 2057 and hosts[257].server_alive_interval == 7.0
+    assert matched.call_count <= 4 * count
+
+
+def test_large_inventories_resolve_without_a_process_per_host(tmp_path: Path, mocker) -> None:
+    """ssh -G is one process per name: above a few dozen names the reader (proven equal to
+    ssh -G by the parity corpus) answers instead, unless ssh -G is asked for by name."""
+    from antnest.inventory import load_hosts
+    from antnest.inventory import ssh_options
+
+    config = _one_block_per_host(tmp_path / "ssh_config", 300)
+    spawned = mocker.spy(ssh_options, "ssh_g")
+    mocker.patch.dict(os.environ, {}, clear=False)
+    os.environ.pop("ANTNEST_SSH_CONFIG_READER", None)
+    hosts = load_hosts(host_list=",".join(f"alias{i}" for i in range(300)), ssh_config=config)
+    assert spawned.call_count == 0
+    assert hosts[299].address == "10.1.1.49"

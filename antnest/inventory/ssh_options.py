@@ -8,6 +8,7 @@ parity test can compare the two answers field by field.
 """
 from __future__ import annotations
 
+import functools
 import getpass
 import glob
 import os
@@ -24,6 +25,7 @@ Options = Dict[str, List[str]]
 SYSTEM_CONFIG = "/etc/ssh/ssh_config"
 MAX_INCLUDE_DEPTH = 16          # OpenSSH's READCONF_MAX_DEPTH
 SSH_G_TIMEOUT = 30.0            # seconds; Match exec may run a slow command
+SSH_G_AUTO_MAX = 64             # more names than this: the reader (ssh -G costs ~5 ms CPU each)
 
 # Options whose every occurrence counts (the rest: the first value obtained wins).
 _MULTI = frozenset({"identityfile", "certificatefile", "localforward", "remoteforward",
@@ -140,8 +142,27 @@ def _keyword(line: str) -> Tuple[str, str]:
 
 def _pattern_match(text: str, pattern: str) -> bool:
     """OpenSSH's match_pattern: ``*`` and ``?`` only; ``[`` is a literal character."""
+    if "*" not in pattern and "?" not in pattern:
+        return text == pattern
+    return _compiled(pattern).fullmatch(text) is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(pattern: str) -> "re.Pattern[str]":
+    """One compiled regex per wildcard pattern (re's own cache holds 512: a fleet's ssh_config
+    with thousands of Host lines would recompile every pattern for every host)."""
     regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, text, re.DOTALL) is not None
+    return re.compile(regex, re.DOTALL)
+
+
+def _literal_hosts(keyword: str, args: Sequence[str]) -> Optional[Tuple[str, ...]]:
+    """The names a ``Host`` line matches when it is a plain list of names (no wildcard, no
+    negation), else None: such a block applies to those names only, so lookups can skip it."""
+    if keyword != "host" or not args:
+        return None
+    if any(c in arg for arg in args for c in "*?!"):
+        return None
+    return tuple(args)
 
 
 def _pattern_list(text: str, patterns: Iterable[str]) -> bool:
@@ -173,6 +194,7 @@ class Reader:
         self.path = path
         self.home = home if home is not None else os.path.expanduser("~")
         self._parsed: Dict[str, List[Tuple[int, str, str, List[str]]]] = {}
+        self._plans: Dict[str, "_Plan"] = {}
 
     def files(self) -> List[Tuple[str, bool]]:
         """(file, is the user's) in reading order."""
@@ -206,10 +228,42 @@ class Reader:
             self._parsed[path] = parsed
         return self._parsed[path]
 
+    def _plan(self, path: str) -> "_Plan":
+        """The file cut into blocks at each Host/Match line, with the blocks of plain-name
+        ``Host`` lines indexed by name: a lookup visits the blocks that can apply to it (the
+        indexed ones for its name and every other block) in file order, so resolving N hosts
+        against a config of one block per host is linear, not N x blocks."""
+        if path not in self._plans:
+            lines = self._lines(path)
+            starts = [0] + [i for i, line in enumerate(lines)
+                            if line[1] in ("host", "match") and i > 0]
+            blocks = [lines[a:b] for a, b in zip(starts, starts[1:] + [len(lines)])]
+            by_name: Dict[str, List[int]] = {}
+            always: List[int] = []
+            for i, block in enumerate(blocks):
+                names = _literal_hosts(block[0][1], block[0][3]) if block else None
+                if names is None:
+                    always.append(i)
+                else:
+                    for name in set(names):
+                        by_name.setdefault(name, []).append(i)
+            self._plans[path] = _Plan(blocks, by_name, always)
+        return self._plans[path]
+
     def _read(self, path: str, user_conf: bool, state: "_State", depth: int,
               never_match: bool) -> None:
         state.active = not never_match
-        for number, keyword, rest, args in self._lines(path):
+        plan = self._plan(path)
+        if never_match:   # every line is read only for its Includes' sake: keep them all
+            chosen = range(len(plan.blocks))
+        else:
+            chosen = sorted(plan.always + plan.by_name.get(state.original, []))
+        for index in chosen:
+            self._read_block(plan.blocks[index], user_conf, state, depth, never_match, path)
+
+    def _read_block(self, block: List[Tuple[int, str, str, List[str]]], user_conf: bool,
+                    state: "_State", depth: int, never_match: bool, path: str) -> None:
+        for number, keyword, rest, args in block:
             if keyword in _COMMANDS:
                 if state.active and rest:
                     state.set(keyword, [rest])
@@ -279,6 +333,16 @@ class Reader:
         except (OSError, subprocess.TimeoutExpired):
             return False
         return done.returncode == 0
+
+
+class _Plan:
+    """One file's blocks and which of them a lookup must visit (see ``Reader._plan``)."""
+
+    def __init__(self, blocks: List[List[Tuple[int, str, str, List[str]]]],
+                 by_name: Dict[str, List[int]], always: List[int]) -> None:
+        self.blocks = blocks
+        self.by_name = by_name
+        self.always = always
 
 
 class _State:
@@ -379,6 +443,8 @@ def resolve_many(names: Sequence[str], path: Optional[str], use_ssh: Optional[bo
     if use_ssh and ssh is None:
         raise ConfigError(path or "ssh_config", "no ssh binary on PATH")
     unique = list(dict.fromkeys(names))
+    if use_ssh is None and len(unique) > SSH_G_AUTO_MAX:
+        ssh = None   # a process per host costs seconds at this size: the proven reader instead
     if ssh is None:
         reader = Reader(path)
         return {name: reader.options(name) for name in unique}
