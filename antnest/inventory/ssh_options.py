@@ -254,6 +254,7 @@ class Reader:
               never_match: bool) -> None:
         state.active = not never_match
         plan = self._plan(path)
+        chosen: Iterable[int]
         if never_match:   # every line is read only for its Includes' sake: keep them all
             chosen = range(len(plan.blocks))
         else:
