@@ -492,3 +492,27 @@ def test_host_state_says_how_many_runners_are_alive() -> None:
         assert (state.procs, state.alive) == (2, 2)
     (state,) = cluster.hosts
     assert (state.procs, state.alive) == (2, 0)
+
+
+# --- a compact journal ------------------------------------------------------------------------
+
+def test_journal_stores_big_results_compressed_and_reads_old_lines(tmp_path: Path) -> None:
+    import base64
+    import collections
+    import pickle
+
+    from antnest.journal import Journal, data_digest
+
+    counts = collections.Counter({f"word{i % 500}": i for i in range(5000)})
+    plain = len(base64.b64encode(pickle.dumps(counts, protocol=4)))
+    path = tmp_path / "j"
+    with Journal.open(path, "job", "in", resume=False) as journal:
+        journal.record(0, "chunk0", counts)
+        journal.record(1, "small", 7)
+    size = path.stat().st_size
+    assert size < plain / 2, (size, plain)
+    with open(path, "ab") as handle:   # a line as format 1 wrote it: plain base64
+        handle.write(b"2\t%s\t%s\n" % (data_digest("old").encode(),
+                                        base64.b64encode(pickle.dumps("OLD", protocol=4))))
+    with Journal.open(path, "job", "in", resume=True) as again:
+        assert {k: v[1] for k, v in again.done.items()} == {0: counts, 1: 7, 2: "OLD"}

@@ -68,7 +68,7 @@ def test_torn_header_starts_fresh(tmp_path: Path) -> None:
 def test_missing_or_empty_journal_with_resume_starts_one(tmp_path: Path) -> None:
     with open_journal(tmp_path / "new") as journal:
         assert journal.done == {}
-    assert (tmp_path / "new").read_text().startswith('{"antnest_journal": 1')
+    assert (tmp_path / "new").read_text().startswith('{"antnest_journal": 2')
 
 
 @pytest.mark.parametrize("job, inp", [("job2", "in1"), ("job1", "in2")])
