@@ -59,6 +59,7 @@ class Policy:
 
 
 _ids = itertools.count(1)
+OUTPUT_BOUND = 8 << 10    # characters per second a running batch prints: output-bound, not copied
 
 
 class Batch:
@@ -861,6 +862,9 @@ class Scheduler:
                 timeout = batch.call.policy.task_timeout
                 if timeout and running > timeout / 2:
                     continue  # the task timeout will settle it; a copy would be an extra try
+                output_of = getattr(worker, "output_of", None)
+                if output_of is not None and output_of(batch.id) >= OUTPUT_BOUND * running:
+                    continue  # slow because its output is: a copy would print it all again
                 median = batch.call.median_batch_seconds()
                 if median and running > max(self.policy.straggler_factor * median,
                                             self.policy.straggler_min_seconds):

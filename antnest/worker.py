@@ -188,6 +188,8 @@ class Worker:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"antnest-{self.label}", daemon=True)
         self._counted = False
+        self._output_batch: Optional[int] = None   # the batch whose output output_bytes counts
+        self.output_bytes = 0
 
     def start(self, counted: bool = False) -> None:
         self._counted = counted
@@ -405,10 +407,19 @@ class Worker:
 
     def _log(self, payload: bytes) -> None:
         batch_id, index, text = pickle.loads(payload)
+        if batch_id != self._output_batch:
+            self._output_batch, self.output_bytes = batch_id, 0
+        self.output_bytes += len(text)
         batch = self.inflight.get(batch_id) if batch_id is not None else None
         where = f" taskunit {batch.first_seq + index}" if batch is not None and index >= 0 else ""
+        if where and batch is not None and batch.twins is not None and batch is not batch.twins[0]:
+            where += ", copy"   # a speculative copy's output: told apart from the original's
         for line in text.splitlines() or [""]:
             remote_log.info("[%s%s] %s", self.label, where, line)
+
+    def output_of(self, batch_id: int) -> int:
+        """Characters of output the running batch `batch_id` has printed so far."""
+        return self.output_bytes if batch_id == self._output_batch else 0
 
     # -- sending -----------------------------------------------------------------------------
     def flush_outbox(self) -> None:

@@ -516,3 +516,48 @@ def test_journal_stores_big_results_compressed_and_reads_old_lines(tmp_path: Pat
                                         base64.b64encode(pickle.dumps("OLD", protocol=4))))
     with Journal.open(path, "job", "in", resume=True) as again:
         assert {k: v[1] for k, v in again.done.items()} == {0: counts, 1: 7, 2: "OLD"}
+
+
+# --- speculation: output-bound stragglers are not copied, a copy's output is labelled -----------
+
+CHATTY_AT_5 = """
+    import sys
+    import time
+
+    def processor(item):
+        if item == 5:
+            for n in range(2000):
+                print("line %d of taskunit 5 " % n + "x" * 80)
+                time.sleep(0.0015)
+        elif item == 7:
+            print("slow seven")
+            time.sleep(4)
+        else:
+            time.sleep(0.05)
+        return item
+
+    def combine(results):
+        for r in results:
+            pass
+
+    input_data = {items}
+"""
+
+
+def test_a_straggler_slow_with_output_is_not_copied(tmp_path: Path, run_cli) -> None:
+    job = write(tmp_path / "chatty.py", CHATTY_AT_5.replace("{items}", "list(range(5)) + [5]"))
+    result = run_cli("run", "--procs", "2", "-v", job)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "of taskunit 5 " in line]
+    assert len(lines) == 2000, len(lines)
+    assert "copying them to" not in result.stderr
+
+
+def test_a_speculative_copys_output_is_labelled(tmp_path: Path, run_cli) -> None:
+    job = write(tmp_path / "slow.py", CHATTY_AT_5.replace("{items}", "[0, 1, 2, 3, 4, 6, 7]"))
+    result = run_cli("run", "--procs", "2", "-v", job)
+    assert result.returncode == 0, result.stderr
+    seven = [line for line in result.stderr.splitlines() if line.endswith("slow seven")]
+    assert "copying them to" in result.stderr, result.stderr
+    plain = [line for line in seven if ", copy]" not in line]
+    assert len(plain) == 1 and len(seven) == 2, seven
