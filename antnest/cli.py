@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--input", metavar="FILE",
                       help="read the input from FILE ('-' for stdin) instead of input_data; "
                            "read lazily")
+    data.add_argument("--input-mode", choices=("text", "bytes"), default="text",
+                      help="text (default): UTF-8 lines, undecodable bytes kept as lone "
+                           "surrogates (surrogateescape); bytes: the file opened in binary, "
+                           "lines as bytes")
     data.add_argument("-o", "--output", metavar="FILE",
                       help="write what combine() prints to FILE instead of stdout")
     faults = run.add_argument_group("faults")
@@ -363,7 +367,7 @@ def _run(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> int:
             if state is not None:
                 state["cluster"] = cluster
             cluster.last_call()
-            value = cluster.run(job, input=args.input, output=output.handle if output is not None else None,
+            value = cluster.run(job, input=_input(args), output=output.handle if output is not None else None,
                                 timeout=args.timeout,
                                 journal=journal,
                                 progress=lambda total: Progress(total, mode=mode,
@@ -392,6 +396,18 @@ def _log_end(args: argparse.Namespace, code: int, started: float) -> None:
     """The log's last line: exit code, duration, counts, where the output went."""
     log.info("end: exit %d after %s: %s", code, format_seconds(time.monotonic() - started),
              _summary(getattr(args, "run_state", None), args))
+
+
+def _input(args: argparse.Namespace) -> Any:
+    """--input as cluster.run takes it: the path, or with --input-mode bytes a binary file."""
+    if args.input is None or args.input_mode == "text":
+        return args.input
+    if args.input == "-":
+        return sys.stdin.buffer
+    try:
+        return open(args.input, "rb")
+    except OSError as exc:
+        raise errors.UsageError(f"input {args.input}: {exc.strerror or exc}") from None
 
 
 def _summary(state: Optional[Dict[str, Any]], args: argparse.Namespace) -> str:

@@ -207,8 +207,9 @@ def open_input(input: Any) -> Optional[IO[str]]:
     """
     if input is None or isinstance(input, _Value):
         return None
-    if isinstance(input, str) and input == "-":
-        return sys.stdin
+    if isinstance(input, str) and input == "-":  # decoded as a file is (the locale may not be)
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape") \
+            if hasattr(sys.stdin, "buffer") else sys.stdin
     if isinstance(input, (str, os.PathLike)):
         try:
             return open(input, "r", encoding="utf-8", errors="surrogateescape")
@@ -233,9 +234,17 @@ def input_value(job: Job, input: Any) -> Any:
     return input
 
 
-def _lines(handle: IO[str]) -> Iterator[str]:
+def _is_stdin(input: Any, handle: Any) -> bool:
+    """stdin stays open after a run, whichever wrapper read it."""
+    return (isinstance(input, str) and input == "-") or handle in (sys.stdin,
+                                                                    getattr(sys.stdin, "buffer", None))
+
+
+def _lines(handle: IO[Any]) -> Iterator[Any]:
+    """A file's lines without their newline: str for a text file, bytes for a binary one."""
     for line in handle:
-        yield line[:-1] if line.endswith("\n") else line
+        newline = b"\n" if isinstance(line, bytes) else "\n"
+        yield line[:-1] if line.endswith(newline) else line
 
 
 def default_split(input_data: Any) -> Iterable[Any]:
@@ -273,7 +282,7 @@ def _modern_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:
         with _printing_to(output):
             return combine(results, failures) if wants_failures else combine(results)
 
-    closer = handle.close if handle is not None and handle is not sys.stdin else (lambda: None)
+    closer = handle.close if handle is not None and not _is_stdin(input, handle) else (lambda: None)
     return Plan(items=items, processor=job.processor, combine=run_combine, closer=closer,
                 setup=job.setup, source=handle)
 
@@ -308,7 +317,7 @@ def _original_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:
     handle = open_input(input)
     if handle is not None:
         input_data = handle.read()  # the original form's split() expects the whole text
-        if handle is not sys.stdin:
+        if not _is_stdin(input, handle):
             handle.close()
     else:
         input_data = input_value(job, input)

@@ -32,7 +32,8 @@ class OutputFile:
             raise UsageError(f"output {path}: {exc.strerror or exc}") from None
         try:
             if mode is not None and not stat.S_ISREG(mode):
-                self.handle: IO[str] = open(path, "w", encoding="utf-8")
+                self.handle: IO[str] = open(path, "w", encoding="utf-8",
+                                           errors="surrogateescape")
                 return
             directory = os.path.dirname(os.path.abspath(path))
             fd, self._temp = tempfile.mkstemp(dir=directory,
@@ -46,7 +47,8 @@ class OutputFile:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(self._temp, 0o666 & ~umask)
-        self.handle = os.fdopen(fd, "w", encoding="utf-8")
+        # surrogateescape: bytes an --input line could not decode are written back as they were
+        self.handle = os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape")
 
     def commit(self) -> None:
         """combine() finished: put the new output in place of the old."""

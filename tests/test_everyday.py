@@ -561,3 +561,28 @@ def test_a_speculative_copys_output_is_labelled(tmp_path: Path, run_cli) -> None
     assert "copying them to" in result.stderr, result.stderr
     plain = [line for line in seven if ", copy]" not in line]
     assert len(plain) == 1 and len(seven) == 2, seven
+
+
+# --- binary --input -----------------------------------------------------------------------------
+
+BYTES_JOB = """
+    def processor(line):
+        return "%s %d %r" % (type(line).__name__, len(line), line[:2])
+"""
+
+
+def test_binary_input_as_bytes_or_as_text_that_round_trips(tmp_path: Path, run_cli) -> None:
+    job = write(tmp_path / "b.py", BYTES_JOB)
+    data = tmp_path / "in.bin"
+    data.write_bytes(b"\xff\xfeab\ncd\n")
+    as_bytes = run_cli("run", "--procs", "1", "--input", data, "--input-mode", "bytes", job)
+    assert as_bytes.returncode == 0, as_bytes.stderr
+    assert as_bytes.stdout.splitlines() == ["bytes 4 b'\\xff\\xfe'", "bytes 2 b'cd'"]
+    echo = write(tmp_path / "echo.py", """
+        def processor(line):
+            return line
+    """)
+    out = tmp_path / "out.bin"
+    as_text = run_cli("run", "--procs", "1", "--input", data, "-o", out, echo)
+    assert as_text.returncode == 0, as_text.stderr
+    assert out.read_bytes() == data.read_bytes()     # nothing replaced by U+FFFD
