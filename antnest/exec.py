@@ -142,13 +142,19 @@ def _finish(run: HostRun, code: Optional[int], timed_out: bool, stopped: bool,
 def _run_ssh(host: Host, command: str, options: SshOptions, run: HostRun,
              timeout: Optional[float], stop: threading.Event, sink: Optional[LineSink],
              keep: bool) -> None:
-    from antnest.transport.ssh import SshConnection  # paramiko only when a host needs it
+    """Through the host's SSH client (paramiko: an exec channel; openssh: an ssh session over
+    the master), chosen as for runners (ssh_client:, --ssh-client)."""
+    from antnest.transport import ssh_connection
 
-    connection = SshConnection(host, options)
+    connection = ssh_connection(host, options)
     try:
         connection.connect()
-        channel = connection.open_command(command)
+        handle = connection.open_command(command)
         run.reached = True
+        if isinstance(handle, subprocess.Popen):  # the ssh binary: its pipes, like a local one
+            _run_process(handle, run, timeout, stop, sink, keep)
+            return
+        channel = handle
         out, err = _Lines(run, "stdout", sink, keep), _Lines(run, "stderr", sink, keep)
         deadline = None if timeout is None else time.monotonic() + timeout
         timed_out = False
@@ -180,13 +186,19 @@ def _run_ssh(host: Host, command: str, options: SshOptions, run: HostRun,
 def _run_local(command: str, run: HostRun, timeout: Optional[float], stop: threading.Event,
                sink: Optional[LineSink], keep: bool) -> None:
     """A host with transport local (ansible_connection=local): the command under /bin/sh."""
-    import os
-    import signal
-
     proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     run.reached = True
+    _run_process(proc, run, timeout, stop, sink, keep)
+
+
+def _run_process(proc: "subprocess.Popen[bytes]", run: HostRun, timeout: Optional[float],
+                 stop: threading.Event, sink: Optional[LineSink], keep: bool) -> None:
+    """Read a child's two pipes into lines until it exits; kill its group past the timeout."""
+    import os
+    import signal
+
     readers = []
     for stream, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
         lines = _Lines(run, stream, sink, keep)
@@ -269,6 +281,8 @@ def main(args: argparse.Namespace, hosts: Sequence[Host]) -> int:
     env = environment.parse_env_options(args.env)
     options = SshOptions(known_hosts=tuple(args.known_hosts),
                          accept_new_host_keys=args.accept_new_host_keys,
+                         allow_unchecked_host_keys=args.allow_unchecked_host_keys,
+                         ssh_client=args.ssh_client,
                          connect_timeout=args.connect_timeout)
     lock = threading.Lock()
 

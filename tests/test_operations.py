@@ -72,10 +72,22 @@ def test_on_each_host_locally_passes_arguments() -> None:
 
 # -- antnest exec ----------------------------------------------------------------------------
 
+def _client(name: str) -> str:
+    """An SSH client to test with; the openssh one needs the ssh binary (CI installs it)."""
+    import shutil
+
+    if name == "openssh" and shutil.which("ssh") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("no ssh binary on CI; .ci/run should have installed openssh-client")
+        pytest.skip("no ssh binary; apt-get install openssh-client")
+    return name
+
+
+@pytest.mark.parametrize("client", ["paramiko", "openssh"])
 def test_exec_tags_lines_and_exits_0_when_every_host_did(fleet: SshdFleet, fleet_inventory: Path,
-                                                         run_cli: Any) -> None:
-    done = run_cli("exec", *fleet_args(fleet, fleet_inventory), "--", "echo", "out;",
-                   "echo", "err", ">&2")
+                                                         run_cli: Any, client: str) -> None:
+    done = run_cli("exec", *fleet_args(fleet, fleet_inventory), "--ssh-client", _client(client),
+                   "--", "echo", "out;", "echo", "err", ">&2")
     assert done.returncode == 0, done.stderr
     for host in fleet.hosts:
         assert f"[{host.name}] out" in done.stdout.splitlines()
@@ -108,13 +120,15 @@ def test_exec_group_env_workdir_and_forks(fleet: SshdFleet, fleet_inventory: Pat
         assert lines[at + 1] == f"[{host.name}] /tmp"
 
 
+@pytest.mark.parametrize("client", ["paramiko", "openssh"])
 def test_exec_timeout_and_unreachable_hosts(fleet: SshdFleet, tmp_path: Path,
-                                            run_cli: Any) -> None:
+                                            run_cli: Any, client: str) -> None:
     inventory = fleet.write_inventory(tmp_path / "one.yaml", names=[fleet.hosts[0].name])
-    done = run_cli("exec", *fleet_args(fleet, inventory), "--timeout", "0.5", "--", "sleep", "30")
+    done = run_cli("exec", *fleet_args(fleet, inventory), "--ssh-client", _client(client),
+                   "--timeout", "0.5", "--", "sleep", "5")
     assert done.returncode == 1
     assert "timeout" in done.stderr and "still running after 0.5 s" in done.stderr
-    closed = run_cli("exec", "-H", "127.0.0.1:1", "--", "true")
+    closed = run_cli("exec", "-H", "127.0.0.1:1", "--ssh-client", client, "--", "true")
     assert closed.returncode == 3
     assert "refused" in closed.stderr and "0 exited 0, 0 failed, 1 not reached" in closed.stderr
 

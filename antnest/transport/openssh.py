@@ -393,6 +393,21 @@ class OpenSshConnection:
                 + ["--", self.host.name, bootstrap.command(self.host.python)])
         return OpenSshProcess(label, argv, self)
 
+    def open_command(self, command: str) -> "subprocess.Popen[bytes]":
+        """A plain command as a session over the master (`antnest exec`): no runner, no pty,
+        stdin closed so nothing can wait for input. The caller reads stdout and stderr."""
+        if not self.is_alive():
+            self.connect()
+        assert self._socket is not None
+        argv = (["ssh", "-S", self._socket, "-o", "ControlMaster=no", "-T"]
+                + ssh_args(self.host, self.options) + ["--", self.host.name, command])
+        try:
+            return _spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            raise ConnectError(self.host.name, f"cannot start ssh: {exc.strerror or exc}",
+                               status="unreachable") from None
+
     def close(self) -> None:
         with self._lock:
             self._stop_master()
