@@ -64,8 +64,9 @@ def exit_code_for(error: BaseException) -> int:
 
 def _add_host_options(parser: argparse.ArgumentParser) -> None:
     hosts = parser.add_argument_group("hosts")
-    hosts.add_argument("-i", "--inventory", metavar="FILE",
-                       help="inventory file (native YAML, Ansible YAML or INI)")
+    hosts.add_argument("-i", "--inventory", metavar="PATH",
+                       help="inventory file (native YAML, Ansible YAML or INI) or an Ansible "
+                            "inventory directory")
     hosts.add_argument("-H", "--hosts", metavar="LIST",
                        help="comma-separated hosts instead of an inventory: node1,user@node2:2222")
     hosts.add_argument("-l", "--limit", metavar="PATTERN",

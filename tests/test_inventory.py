@@ -534,3 +534,121 @@ def test_limit_keeps_ipv6_names_whole() -> None:
     hosts = load_hosts(host_list="[::1]:22,[::2]:22")
     assert names(select(hosts, "::1")) == ["::1"]
     assert names(select(hosts, "all,!::1")) == ["::2"]
+
+
+# --------------------------------------------------------------------------- Ansible specifics
+# (what antnest decides on its own; parity with ansible-core is tests/test_ansible_parity.py)
+
+def test_unusable_hosts_are_refused_only_when_selected(tmp_path: Path) -> None:
+    path = write(tmp_path, "inv.ini", """
+        [win]
+        w1 ansible_connection=winrm
+        [lin]
+        l1 ansible_host="{{ lookup('env', 'X') }}"
+        l2
+        """)
+    assert names(load_hosts(path, limit="l2")) == ["l2"]
+    with pytest.raises(InventoryError) as info:
+        load_hosts(path, limit="win")
+    assert (info.value.key, "winrm") == ("line 2: ansible_connection", "winrm")
+    assert "reaches hosts over SSH" in info.value.problem
+    with pytest.raises(InventoryError, match="Jinja template"):
+        load_hosts(path, limit="lin")
+
+
+def test_connections_and_interpreters(tmp_path: Path) -> None:
+    import sys
+
+    path = write(tmp_path, "inv.ini", """
+        here ansible_connection=local ansible_python_interpreter="{{ ansible_playbook_python }}"
+        para ansible_connection=paramiko
+        open ansible_connection=ssh ansible_python_interpreter=auto_legacy_silent
+        plain
+        """)
+    here, para, open_, plain = load_hosts(path)
+    assert (here.transport, here.local, here.python) == ("local", True, sys.executable)
+    assert (para.transport, para.ssh_client) == ("ssh", "paramiko")
+    assert (open_.ssh_client, open_.python) == ("openssh", "python3")
+    assert (plain.transport, plain.ssh_client) == ("ssh", None)
+
+
+def test_ssh_args_apply_what_antnest_understands(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, "inv.yml", """
+        all:
+          vars:
+            ansible_ssh_common_args: >-
+              -o ProxyJump=ops@bastion:2200 -o ConnectTimeout=3 -o ServerAliveInterval=7
+              -o StrictHostKeyChecking=no -v
+          hosts:
+            a: {}
+            b: {ansible_port: 2300, ansible_ssh_extra_args: "-p 2022 -l argsuser -i /k/extra"}
+            c: {ansible_ssh_common_args: "-o 'ProxyCommand=nc %h %p' -J ignored"}
+        """)
+    with caplog.at_level(logging.WARNING):
+        a, b, c = load_hosts(path)
+    assert [(j.user, j.address, j.port) for j in a.jump] == [("ops", "bastion", 2200)]
+    assert (a.connect_timeout, a.server_alive_interval) == (3.0, 7.0)
+    assert (b.port, b.user, b.identity_files) == (2300, "argsuser", ("/k/extra",))
+    assert (c.jump, c.proxy_command) == ((), "nc c 22")   # the first of the two wins, as in ssh
+    assert caplog.text.count("stricthostkeychecking") == 1   # warned once, not per host
+
+
+def test_bad_ssh_args_name_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "inv.ini", "a ansible_ssh_common_args='-p'\n")
+    with pytest.raises(InventoryError) as info:
+        load_hosts(path)
+    assert info.value.key == "line 1: ansible_ssh_common_args"
+    assert "needs a value" in info.value.problem
+
+
+def test_ini_values_never_leak_python_warnings(tmp_path: Path) -> None:
+    import warnings
+
+    path = write(tmp_path, "inv.ini", "a odd='1if 1 else 2' path='C:\\dir' ansible_port=0x50\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (a,) = load_hosts(path)
+    assert a.port == 80
+    assert [str(w.message) for w in caught] == []
+
+
+def test_yaml_keys_ansible_skips_are_skipped_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, "inv.yaml", """
+        all:
+          hosts: {a: }
+          web: {hosts: {b: }}
+        """)
+    with caplog.at_level(logging.WARNING):
+        assert names(load_hosts(path)) == ["a"]
+    assert "all.web" in caplog.text and "put it under hosts:" in caplog.text
+
+
+@pytest.mark.parametrize("name, text, problem", [
+    ("inv.ini", "#!/bin/sh\necho '{}'\n", "does not run scripts"),
+    ("inv.yml", "plugin: aws_ec2\nregions: [x]\n", "inventory plugins"),
+    ("inv.toml", "[all]\n", "TOML"),
+    ("inv.yml", "all:\n  hosts:\n    1.5:\n", "is a float"),
+])
+def test_ansible_sources_antnest_does_not_run(tmp_path: Path, name: str, text: str,
+                                              problem: str) -> None:
+    path = write(tmp_path, name, text)
+    path.chmod(0o755)
+    with pytest.raises(InventoryError, match=problem):
+        load_hosts(path)
+
+
+def test_vaulted_vars_files_are_refused(tmp_path: Path) -> None:
+    write(tmp_path, "inv.ini", "[web]\na\n")
+    (tmp_path / "group_vars").mkdir()
+    vaulted = write(tmp_path, "group_vars/web.yml", "$ANSIBLE_VAULT;1.1;AES256\n6162\n")
+    with pytest.raises(InventoryError) as info:
+        load_hosts(tmp_path / "inv.ini")
+    assert info.value.path == str(vaulted)
+    assert info.value.problem == "vault-encrypted inventory: decrypt it or pass the hosts with -H"
+
+
+def test_unequal_width_ranges(tmp_path: Path) -> None:
+    path = write(tmp_path, "inv.ini", "n[0:10:5]\nm[00:02]\n")
+    assert names(load_hosts(path)) == ["n0", "n5", "n10", "m00", "m01", "m02"]

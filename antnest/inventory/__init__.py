@@ -96,6 +96,8 @@ def describe(hosts: Iterable[Host]) -> List[Dict[str, Any]]:
             "groups": list(h.groups),
             "env": dict(h.env),
             "workdir": h.workdir,
+            "transport": h.transport,
+            "ssh_client": h.ssh_client,
             "source": h.source,
         }
         for h in hosts
@@ -143,6 +145,8 @@ def _first_line(text: str) -> str:
 
 
 def _is_ansible_yaml(data: Mapping[Any, Any]) -> bool:
+    if data.get("plugin"):   # an inventory plugin's config: the Ansible reader explains
+        return True
     if isinstance(data.get("hosts"), list):
         return False
     return "all" in data or any(
