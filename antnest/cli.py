@@ -448,7 +448,11 @@ def cmd_inventory(args: argparse.Namespace) -> int:
         return EXIT_OK
     for row in rows:
         target = f"{row['user'] + '@' if row['user'] else ''}{row['address']}:{row['port']}"
+        if row.get("transport") == "local":
+            target = "local"
         extras = [f"python={row['python']}", f"procs={row['procs']}"]
+        if row.get("ssh_client"):
+            extras.append(f"client={row['ssh_client']}")
         if row["identity_files"]:
             extras.append("key=" + ",".join(row["identity_files"]))
         if row["jump"]:
