@@ -572,8 +572,11 @@ def test_connections_and_interpreters(tmp_path: Path) -> None:
     assert (plain.transport, plain.ssh_client) == ("ssh", None)
 
 
-def test_ssh_args_apply_what_antnest_understands(tmp_path: Path,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_ssh_args_apply_what_antnest_understands(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from antnest.inventory import ansible_vars
+
+    monkeypatch.setattr(ansible_vars, "_warned", set())   # once per process: start afresh
     path = write(tmp_path, "inv.yml", """
         all:
           vars:
