@@ -141,7 +141,7 @@ def ssh_view(argv: List[str]) -> Dict[str, Any]:
             keys.append(value)
         else:
             options.setdefault(name, value)
-    address = options.get("hostname", destination)
+    address = options.get("hostname", str(destination).lower())   # ssh lowercases the name
     port = int(options.get("port", 22))
     jump = [] if "proxyjump" not in options else [_hop(h) for h in
                                                      options["proxyjump"].split(",")]
