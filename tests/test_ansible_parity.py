@@ -141,7 +141,7 @@ def ssh_view(argv: List[str]) -> Dict[str, Any]:
             keys.append(value)
         else:
             options.setdefault(name, value)
-    address = options.get("hostname", str(destination).lower())   # ssh lowercases the name
+    address = options.get("hostname", str(destination)).lower()   # ssh lowercases host names
     port = int(options.get("port", 22))
     jump = [] if "proxyjump" not in options else [_hop(h) for h in
                                                      options["proxyjump"].split(",")]
@@ -167,7 +167,7 @@ def _hop(text: str) -> Tuple[Optional[str], str, int]:
 
 
 def antnest_view(host: Host) -> Dict[str, Any]:
-    return {"address": host.address, "port": host.port, "user": host.user,
+    return {"address": host.address.lower(), "port": host.port, "user": host.user,
             "identity_files": [os.path.abspath(k) for k in host.identity_files],
             "jump": [(hop.user, hop.address, hop.port) for hop in host.jump],
             "proxy_command": host.proxy_command}
