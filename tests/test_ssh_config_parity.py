@@ -132,3 +132,14 @@ def test_raw_answers_have_the_same_shape(ssh: str, corpus: Path) -> None:
     for key in ("hostname", "port", "user", "userknownhostsfile", "globalknownhostsfile",
                 "stricthostkeychecking", "identitiesonly", "batchmode", "identityfile"):
         assert by_reader[key] == by_ssh[key], key
+
+
+def test_antnest_inventory_shows_what_ssh_config_decided(ssh: str, corpus: Path) -> None:
+    from antnest.inventory import describe, load_hosts
+
+    kh1, = describe(load_hosts(host_list="kh1", ssh_config=corpus / "06_known_hosts"))
+    assert kh1["host_key_checking"] == "accept-new"
+    assert kh1["user_known_hosts"][1] == "/etc/fleet_hosts"
+    assert kh1["global_known_hosts"] == ["/etc/ssh/fleet_global"]
+    kh2, = describe(load_hosts(host_list="kh2", ssh_config=corpus / "06_known_hosts"))
+    assert kh2["identities_only"] is True and kh2["port"] == 2202
