@@ -76,6 +76,19 @@ def _build_stage2() -> bytes:
     """
     source = inspect.getsource(runner)
     shipped = {"magic": importlib.util.MAGIC_NUMBER, "modules": _cloudpickle_modules()}
-    call = "\nmain(shipped=%r, cloudpickle_version=%r)\n" % (shipped, cloudpickle.__version__)
-    body = zlib.compress((source + call).encode("utf-8"), 6)  # 9: 4x the time, 2% smaller
-    return b"%d\n" % len(body) + body
+    body = zlib.compress(_PRELUDE.format(source=source, shipped=shipped,
+                                         version=cloudpickle.__version__).encode("utf-8"), 6)
+    return b"%d\n" % len(body) + body  # level 9: 4x the time, 2% smaller
+
+
+# The runner becomes the module `antnest.runner` on the host, as it is here: pickles name its
+# helpers (Star, WithSelf, _rebuild_function) by that module on both sides.
+_PRELUDE = """import sys, types
+_package = types.ModuleType("antnest")
+_package.__path__ = []
+_runner = _package.runner = types.ModuleType("antnest.runner")
+sys.modules["antnest"] = _package
+sys.modules["antnest.runner"] = _runner
+exec(compile({source!r}, "<antnest runner>", "exec"), _runner.__dict__)
+_runner.main(shipped={shipped!r}, cloudpickle_version={version!r})
+"""

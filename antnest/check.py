@@ -11,15 +11,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence
 
-import cloudpickle
-
 from antnest.errors import HostError
 from antnest.host import Host
 from antnest.runner import FrameReader, Kind, frame
 from antnest.transport import RunnerProcess
 from antnest.transport.local import LocalProcess
 from antnest.transport import SshOptions
-from antnest.worker import await_hello
+from antnest.worker import await_hello, by_value_too
 
 SLACK = 5.0  # seconds beyond the connect timeout for booting the runner and the round trip
 
@@ -34,6 +32,7 @@ class HostCheck:
     python: Optional[str] = None
     cpus: Optional[int] = None
     cloudpickle: Optional[str] = None  # "found" on the host, "shipped" from the master
+    code: Optional[str] = None   # "source" (any version) or "source+value" (the master's minor)
     latency_ms: Optional[float] = None
     error: Optional[str] = None
 
@@ -79,8 +78,10 @@ def _probe(host: Host, row: HostCheck, options: SshOptions) -> None:
         row.python = ".".join(map(str, hello["python"]))
         row.cpus = hello["cpus"]
         row.cloudpickle = hello.get("cloudpickle")
+        row.code = "source+value" if by_value_too(hello) else "source"
         protocol = min(5, hello.get("pickle_protocol", 5))
-        proc.send(*frame(Kind.JOB, pickle.dumps((1, cloudpickle.dumps(len), {}), protocol=protocol)))
+        proc.send(*frame(Kind.JOB, pickle.dumps((1, pickle.dumps(len, protocol=protocol), {}),
+                                                protocol=protocol)))
         started = time.perf_counter()
         proc.send(*frame(Kind.TASKS, pickle.dumps((1, 1, ["ping"]), protocol=protocol)))
         while True:
@@ -107,11 +108,13 @@ def _probe(host: Host, row: HostCheck, options: SshOptions) -> None:
 
 
 def format_table(rows: Sequence[HostCheck]) -> str:
-    header = ("HOST", "ADDRESS", "STATUS", "PYTHON", "CPUS", "CLOUDPICKLE", "RTT ms", "DETAIL")
+    header = ("HOST", "ADDRESS", "STATUS", "PYTHON", "CPUS", "CODE", "CLOUDPICKLE", "RTT ms",
+              "DETAIL")
     lines = [header]
     for r in rows:
         lines.append((r.name, r.address, r.status, r.python or "-", str(r.cpus or "-"),
-                      r.cloudpickle or "-", f"{r.latency_ms:.1f}" if r.latency_ms is not None else "-",
+                      r.code or "-", r.cloudpickle or "-",
+                      f"{r.latency_ms:.1f}" if r.latency_ms is not None else "-",
                       r.error or ""))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1]

@@ -147,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--no-speculate", dest="speculate", action="store_false",
                         help="do not copy straggling taskunits onto idle workers")
     run.add_argument("--compress", action="store_true", help="compress SSH traffic (slow links)")
+    code = run.add_argument_group("modules the hosts lack")
+    code.add_argument("--no-forward", dest="forward", action="store_const", const=False,
+                      help="do not forward modules the hosts lack from here")
+    code.add_argument("--forward", dest="forward", action="append", metavar="PACKAGE",
+                      help="forward only these packages (repeatable, or comma-separated)")
     unattended = run.add_argument_group("unattended runs (cron)")
     unattended.add_argument("--lock", metavar="FILE",
                             help="hold an exclusive lock on FILE for the run; if another run "
@@ -363,6 +368,7 @@ def _run(args: argparse.Namespace, state: Optional[Dict[str, Any]]) -> int:
             workdir=args.workdir,
             forks=args.forks,
             max_procs_total=args.max_procs_total,
+            forward_modules=_forward_policy(args.forward),
             **_cluster_options(args),
         ) as cluster:
             if state is not None:
@@ -561,3 +567,10 @@ def _report(exc: BaseException, args: argparse.Namespace) -> None:
         log.exception("%s", exc)
     else:
         log.error("%s", exc)
+
+
+def _forward_policy(value: Any) -> Any:
+    """--no-forward: False; --forward a,b --forward c: ("a", "b", "c"); neither: True."""
+    if isinstance(value, list):
+        return tuple(name.strip() for item in value for name in item.split(",") if name.strip())
+    return value is not False

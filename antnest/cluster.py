@@ -19,9 +19,7 @@ from concurrent.futures import wait as futures_wait
 from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Sequence, Tuple, Union)
 
-import cloudpickle
-
-from antnest import bootstrap, byvalue, environment
+from antnest import bootstrap, codeship, environment, runner
 from antnest import inventory as inventory_module
 from antnest import job as job_module
 from antnest.errors import (
@@ -146,6 +144,7 @@ class Cluster(Executor):
         initargs: Tuple[Any, ...] = (),
         forks: Optional[int] = None,
         max_procs_total: Optional[int] = None,
+        forward_modules: Union[bool, Sequence[str]] = True,
     ) -> None:
         if ssh_client not in ("paramiko", "openssh", "auto"):
             raise UsageError(f"ssh_client must be paramiko, openssh or auto, not {ssh_client!r}")
@@ -161,10 +160,15 @@ class Cluster(Executor):
         # without it the process's adaptive handshake window alone paces connections.
         self.forks: Any = contextlib.nullcontext() if forks is None else \
             threading.BoundedSemaphore(forks)
-        self._initializer = None if initializer is None else cloudpickle.dumps(
-            (_ship(initializer), tuple(initargs)), protocol=5)
+        # Protocol 4: every host reads it (it goes out before the runner's HELLO is read).
+        self._initializer = None if initializer is None else codeship.dumps_function(
+            (initializer, tuple(initargs)), 4)
         if task_timeout is not None and task_timeout <= 0:
             raise UsageError("task_timeout must be a positive number of seconds")
+        if isinstance(forward_modules, str):
+            forward_modules = [forward_modules]
+        self.forward_modules = forward_modules if isinstance(forward_modules, bool) \
+            else tuple(forward_modules)
         self.policy = Policy(retries=retries, max_lost=max_lost, task_timeout=task_timeout,
                              keep_going=keep_going, speculate=speculate)
         self.ssh_options = SshOptions(
@@ -782,49 +786,23 @@ def resolve_hosts(inventory: Optional[PathLike], hosts: Union[None, str, Sequenc
 
 
 # -- shipping functions ---------------------------------------------------------------------------
+# fn travels by reference (its module goes to the hosts as source, see antnest.codeship); these
+# wrappers live in the runner module, which every host has.
 
 def _ship(fn: Callable) -> Callable:
-    """Make sure the hosts get fn by value when its module exists only here (a test module,
-    a script's neighbour): cloudpickle would otherwise send a reference they cannot import."""
-    module = sys.modules.get(getattr(fn, "__module__", None) or "")
-    if module is not None and byvalue.is_local(module):
-        byvalue.ship_module(module)
     return fn
 
 
 def _star(fn: Callable, shared: Any = NOT_SHARED) -> Callable[[tuple], Any]:
-    fn = _ship(fn)
-    if shared is NOT_SHARED:
-        def call_with_arguments(args: tuple) -> Any:
-            return fn(*args)
-
-        return call_with_arguments
-
-    def call_with_shared(args: tuple) -> Any:  # `shared` is pickled once, inside this closure
-        return fn(*args, shared)
-
-    return call_with_shared
+    return runner.Star(fn) if shared is NOT_SHARED else runner.StarShared(fn, shared)
 
 
 def _with_shared(fn: Callable, shared: Any) -> Callable[[Any], Any]:
-    fn = _ship(fn)
-    if shared is NOT_SHARED:
-        return fn
-
-    def call_with_shared(item: Any) -> Any:
-        return fn(item, shared)
-
-    return call_with_shared
+    return fn if shared is NOT_SHARED else runner.WithShared(fn, shared)
 
 
 def _apply(fn: Callable) -> Callable[[tuple], Any]:
-    fn = _ship(fn)
-
-    def call_with_arguments(item: tuple) -> Any:
-        args, kwargs = item
-        return fn(*args, **kwargs)
-
-    return call_with_arguments
+    return runner.Apply(fn)
 
 
 def _name(fn: Callable) -> str:

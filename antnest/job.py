@@ -3,8 +3,9 @@ original antnest form (processor(self, data), split(self, input_data, processor)
 taskunit.TaskUnit, combine(self) reading self.taskunits), both loaded from any path.
 
 A loaded job becomes a Plan: the taskunit data to send, the function the runners call, and how
-to hand results to combine. Functions travel by value (cloudpickle), so the hosts need nothing
-but python3: the job module and modules next to it are registered for pickling by value.
+to hand results to combine. The job module is registered in sys.modules under its own name, so
+its functions and classes pickle by reference, and its source (with its neighbours', see
+antnest.codeship) goes to the hosts, which import it from memory under the same name.
 """
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ import types
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-import cloudpickle
-
+from antnest import runner
 from antnest import taskunit as taskunit_module
 from antnest.errors import JobFileError, UsageError
 
@@ -107,7 +107,6 @@ def load(path: PathLike) -> Job:
     # Original-form jobs do `import taskunit` inside split(); it must find ours.
     sys.modules.setdefault("taskunit", taskunit_module)
     job_dir = os.path.dirname(os.path.abspath(path))
-    before = set(sys.modules)
     sys.modules[name] = module
     sys.path.insert(0, job_dir)
     try:
@@ -117,19 +116,7 @@ def load(path: PathLike) -> Job:
         raise JobFileError(path, f"raised {type(exc).__name__} while loading: {exc}") from exc
     finally:
         sys.path.remove(job_dir)
-    _pickle_by_value(module, job_dir, set(sys.modules) - before)
     return from_module(module, path, digest)
-
-
-def _pickle_by_value(module: types.ModuleType, job_dir: str, new_modules: set) -> None:
-    """The hosts have neither the job file nor its neighbours: ship them by value."""
-    cloudpickle.register_pickle_by_value(module)
-    for name in new_modules:
-        mod = sys.modules.get(name)
-        file = getattr(mod, "__file__", None) or ""
-        if mod is not None and mod is not module and os.path.abspath(file).startswith(job_dir + os.sep):
-            if "." not in name:
-                cloudpickle.register_pickle_by_value(mod)
 
 
 def _positional_count(fn: Callable, path: str, what: str) -> int:
@@ -303,14 +290,8 @@ class _OriginalJob:
 
 
 def _with_self(fn: Callable) -> Callable[[Any], Any]:
-    """processor(self, data) -> a one-argument callable; defined locally so it ships by value."""
-
-    def call_original_processor(data: Any) -> Any:
-        import types as _types
-
-        return fn(_types.SimpleNamespace(data=data), data)
-
-    return call_original_processor
+    """processor(self, data) -> a one-argument callable every host can import."""
+    return runner.WithSelf(fn)
 
 
 def _original_plan(job: Job, input: Any, output: Optional[IO[str]]) -> Plan:

@@ -1,4 +1,4 @@
-"""The remote side: one self-contained, stdlib-only module, shipped as source (Python 3.8+).
+"""The remote side: one self-contained, stdlib-only module, shipped as source (Python 3.6+).
 
 The master sends this file's source as stage 2 (see bootstrap.py) and imports the framing from
 here too, so there is exactly one definition of the wire.
@@ -18,10 +18,17 @@ here too, so there is exactly one definition of the wire.
                                      ◀───────  LOG     (batch, index, text)  print()/fd 1/fd 2
                                      ◀───────  TIMEOUT (batch, index, secs)  then the runner exits
     PING                             ───────▶  keeps the idle watchdog quiet
+    SOURCES [(module, source), ...]  ───────▶  the job's own modules, imported from memory
+                                     ◀───────  MODULE_REQUEST name   an import the host lacks
+    MODULE  (name, source | why not) ───────▶  answer; each module crosses once per runner
     BYE / stdin EOF                  ───────▶  the runner exits at once, even mid-task
 
 A frame is an 9-byte header (payload length: u64 big-endian, kind: u8) and a payload. Payloads
-are pickled with the stdlib pickle; functions arrive cloudpickled, once per job per runner.
+are pickled with the stdlib pickle, at the highest protocol both ends know. Code travels as
+source, never as bytecode across versions: functions and classes are pickled by reference
+(module and qualified name) to modules the master ships as source (SOURCES, or MODULE on
+demand); lambdas and closures by their source text (_rebuild_function); only what has no
+source left travels by value (cloudpickle), to hosts of the master's minor version alone.
 
 The protocol lives on private file descriptors: fd 0 becomes /dev/null and fds 1 and 2 a pipe
 that a thread forwards as LOG frames, so neither print() nor a C library writing to stdout can
@@ -48,6 +55,9 @@ PROTOCOL_VERSION = 1
 MAGIC = b"ANTNEST1"
 HEADER = struct.Struct(">QB")
 FLUSH_AFTER = 0.05  # seconds: a long batch sends partial results this often
+PICKLE_PROTOCOL = min(5, pickle.HIGHEST_PROTOCOL)  # results: the master (3.9+) reads 5
+MAIN_ALIAS = "__antnest_main__"  # the master's __main__ script, imported here under this name
+MODULE_WAIT = 60.0  # seconds an import waits for the master's answer
 
 
 class Kind(object):
@@ -64,6 +74,9 @@ class Kind(object):
     FATAL = 9
     SETUP_FAILED = 10
     UNDECODABLE = 11
+    SOURCES = 12
+    MODULE_REQUEST = 13
+    MODULE = 14
 
     @classmethod
     def all(cls):
@@ -292,6 +305,282 @@ def _ensure_cloudpickle(shipped, wanted_version):
     return "shipped"
 
 
+# -- code that travels as source ---------------------------------------------------------------
+
+
+class _Sources(object):
+    """The master's modules held here as source, served by a sys.meta_path finder.
+
+    SOURCES (the job's own modules, sent before the first JOB that needs them) go first in
+    sys.meta_path: the job's modules are the master's, whatever the host has. Modules the host
+    lacks altogether are asked of the master on import (MODULE_REQUEST) by the finder placed
+    last, so the host's own installed modules always win. Each module is compiled here from its
+    text under its real file name (never bytecode from another version), and its lines go into
+    linecache, so tracebacks show file, line and source. Nothing is written to disk.
+    """
+
+    def __init__(self):
+        self.modules = {}  # name: (is_package, filename, source bytes)
+
+    def add(self, records):
+        for name, is_package, filename, source in records:
+            self.modules[name] = (is_package, filename, source)
+
+    def find_spec(self, name, path=None, target=None):
+        record = self.modules.get(name)
+        return None if record is None else _spec(name, self, record)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        _exec_source(module, self.modules[module.__name__])
+
+    def get_source(self, name):
+        record = self.modules.get(name)
+        return None if record is None else _text(record[2])
+
+
+_SOURCES = _Sources()
+
+
+def _spec(name, loader, record):
+    from importlib.machinery import ModuleSpec
+
+    is_package, filename, _ = record
+    spec = ModuleSpec(name, loader, origin=filename, is_package=is_package)
+    spec.has_location = True  # __file__ names the master's file: inspect and tracebacks use it
+    return spec
+
+
+def _text(source):
+    return source.decode("utf-8", "replace") if isinstance(source, bytes) else source
+
+
+def _remember_lines(filename, text, first_line=1):
+    """Put source into linecache (mtime None: checkcache leaves it alone), unless there."""
+    import linecache
+
+    if filename in linecache.cache and first_line != 1:
+        return
+    lines = [""] * (first_line - 1) + text.splitlines(True)
+    linecache.cache[filename] = (len(text), None, lines, filename)
+
+
+def _exec_source(module, record):
+    is_package, filename, source = record
+    code = compile(source, filename, "exec", dont_inherit=True)
+    _remember_lines(filename, _text(source))
+    exec(code, module.__dict__)
+
+
+class _Forwarder(object):
+    """Last in sys.meta_path: asks the master for a module neither the host nor SOURCES have.
+    The answer (pure-Python source, or why not) is kept: each module crosses once per runner."""
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.enabled = False  # until the master's first JOB says forwarding is on
+        self.answers = {}     # name: (record or None, reason)
+        self.cond = threading.Condition()
+
+    def find_spec(self, name, path=None, target=None):
+        if not self.enabled:
+            return None
+        parent = name.rpartition(".")[0]
+        if parent and parent != "antnest" and \
+                getattr(sys.modules.get(parent), "__loader__", None) not in (self, _SOURCES):
+            return None  # a submodule of the host's own package: the host's business
+        record, reason = self._ask(name)
+        if record is None:
+            raise ModuleNotFoundError(reason, name=name)
+        return _spec(name, self, record)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        _exec_source(module, self.answers[module.__name__][0])
+
+    def get_source(self, name):
+        answer = self.answers.get(name)
+        return None if answer is None or answer[0] is None else _text(answer[0][2])
+
+    def _ask(self, name):
+        with self.cond:
+            if name not in self.answers:
+                self.answers[name] = None  # asked, not answered yet
+                self.writer.send(Kind.MODULE_REQUEST, name.encode("utf-8"))
+            deadline = time.monotonic() + MODULE_WAIT
+            while self.answers[name] is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    del self.answers[name]
+                    return None, ("No module named %r on this host, and the master did not "
+                                  "answer within %g s" % (name, MODULE_WAIT))
+                self.cond.wait(left)
+            return self.answers[name]
+
+    def answer(self, payload):
+        """The reader thread's part: a MODULE frame arrived."""
+        name, record, reason = pickle.loads(payload)
+        with self.cond:
+            self.answers[name] = (tuple(record[1:]) if record else None, reason)
+            self.cond.notify_all()
+
+
+def _package_getattr(name):
+    """`from antnest import Cluster` in a shipped __main__ script: the host's `antnest` is only
+    this runner's package, so the master's antnest/__init__.py is forwarded on first use."""
+    package = sys.modules["antnest"]
+    if not package.__dict__.get("_antnest_forwarded") and _FORWARDER is not None:
+        package._antnest_forwarded = True
+        record, reason = _FORWARDER._ask("antnest")
+        if record is not None:
+            exec(compile(record[2], record[1], "exec", dont_inherit=True), package.__dict__)
+    try:
+        return package.__dict__[name]
+    except KeyError:
+        raise AttributeError("module 'antnest' has no attribute %r" % name)
+
+
+_FORWARDER = None
+
+
+class _Unpickler(pickle.Unpickler):
+    """The master's `__main__` is imported here as MAIN_ALIAS (the runner owns `__main__`),
+    as multiprocessing's spawn does with `__mp_main__`."""
+
+    def find_class(self, module, name):
+        if module == "__main__" and MAIN_ALIAS in _SOURCES.modules:
+            module = MAIN_ALIAS
+        return pickle.Unpickler.find_class(self, module, name)
+
+
+def loads(data):
+    """Unpickle what the master sent (functions by reference to shipped modules, data)."""
+    return _Unpickler(io.BytesIO(data)).load()
+
+
+class CodeShippingError(RuntimeError):
+    """A function that cannot run on this host: no source to rebuild it from, and bytecode
+    from another Python version. The message names the function, its file:line and the fix."""
+
+
+class Star(object):
+    """fn(*args): what Cluster.map calls, by reference to fn on every host."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, args):
+        return self.fn(*args)
+
+    def __reduce__(self):
+        return (type(self), (self.fn,))
+
+
+class StarShared(object):
+    """fn(*args, shared): Cluster.map with shared=, the shared value pickled once per call."""
+
+    def __init__(self, fn, shared):
+        self.fn = fn
+        self.shared = shared
+
+    def __call__(self, args):
+        return self.fn(*(tuple(args) + (self.shared,)))
+
+    def __reduce__(self):
+        return (type(self), (self.fn, self.shared))
+
+
+class WithShared(StarShared):
+    """fn(item, shared): imap / imap_unordered with shared=."""
+
+    def __call__(self, item):
+        return self.fn(item, self.shared)
+
+
+class Apply(Star):
+    """fn(*args, **kwargs): what Cluster.submit calls."""
+
+    def __call__(self, item):
+        args, kwargs = item
+        return self.fn(*args, **kwargs)
+
+
+class WithSelf(Star):
+    """An original-form processor(self, data) as a one-argument callable."""
+
+    def __call__(self, data):
+        import types
+
+        return self.fn(types.SimpleNamespace(data=data), data)
+
+
+def _rebuild_function(kind, source, filename, line, column, name, qualname, module):
+    """A lambda or nested function compiled here from its source text, so it never depends on
+    the master's bytecode. Its closure values and globals arrive next (_set_function_state):
+    free variables become globals of its own namespace, which holds the values they had."""
+    import types
+
+    # At its own line and column (tracebacks point into it): inside `if 1:` any indentation
+    # is valid.
+    if kind == "lambda":
+        nested = column >= 2 and line >= 2
+        source = " " * (column - 1) + "(" + source + ")" if nested else "(" + source + ")"
+    else:
+        nested = column >= 1 and line >= 2
+    text = "\n" * (line - 2 if nested else line - 1) + ("if 1:\n" if nested else "") + source
+    code = compile(text, filename, "exec", dont_inherit=True)
+    if nested:  # the function's code sits in the `if` block's constants
+        code = code
+    found = [c for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name == name]
+    if not found:
+        raise CodeShippingError("cannot rebuild %s from its source (%s:%d)" % (qualname, filename,
+                                                                               line))
+    _remember_lines(filename, source, first_line=line)
+    import builtins
+
+    namespace = {"__builtins__": builtins, "__name__": module}
+    fn = types.FunctionType(found[0], namespace, name)
+    fn.__qualname__ = qualname
+    return fn
+
+
+def _set_function_state(fn, state):
+    values, defaults, kwdefaults, attributes = state
+    fn.__globals__.update(values)
+    fn.__defaults__ = defaults
+    fn.__kwdefaults__ = kwdefaults
+    fn.__dict__.update(attributes)
+
+
+def _first_that_loads(first, second):
+    """By reference (importing the function's module here), else rebuilt from source when
+    that module's own imports fail on this host."""
+    try:
+        return loads(first)
+    except Exception as exc:
+        try:
+            return loads(second)
+        except Exception:
+            raise exc
+
+
+def _load_by_value(blob, what, master_python):
+    """A function with no recoverable source, pickled by value: bytecode of the master's
+    Python, which only loads (safely) on the same minor version."""
+    if tuple(sys.version_info[:2]) != tuple(master_python[:2]):
+        raise CodeShippingError(
+            "%s cannot run on this Python %s host: its source cannot be recovered, so it "
+            "travels as bytecode, which loads only on Python %d.%d (the master's). Fix: define "
+            "it in a .py file (a module-level def, or a lambda or closure written in a file)"
+            % (what, ".".join(map(str, sys.version_info[:3])), master_python[0],
+               master_python[1]))
+    return loads(blob)
+
+
 def _hello_info(cloudpickle_state):
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -312,8 +601,9 @@ def _hello_info(cloudpickle_state):
 
 
 class _Runner(object):
-    def __init__(self, proto_in, writer, current):
+    def __init__(self, proto_in, writer, current, forwarder):
         self.writer = writer
+        self.forwarder = forwarder
         self.current = current
         self.inbox = SimpleQueue()
         self.functions = {}
@@ -345,6 +635,9 @@ class _Runner(object):
                     continue
                 if kind == Kind.BYE:
                     break
+                if kind == Kind.MODULE:  # the main thread waits for it inside an import
+                    self.forwarder.answer(payload)
+                    continue
                 self.inbox.put(frame)
         except (OSError, EOFError):
             pass
@@ -390,12 +683,18 @@ class _Runner(object):
                     owning.join(5)
                     self.owning = None
                 self._run_batch(payload)
+            elif kind == Kind.SOURCES:
+                import zlib
+
+                _SOURCES.add(pickle.loads(zlib.decompress(payload)))
 
     def _load_job(self, payload):
         fn_id, blob, options = pickle.loads(payload)
         for name in ("task_timeout", "idle_timeout", "heartbeat", "master_python"):
             if name in options:
                 setattr(self, name, options[name])
+        if "forward" in options:
+            self.forwarder.enabled = options["forward"]
         if fn_id is None:
             self._prepare(options)
             return
@@ -403,11 +702,12 @@ class _Runner(object):
             self.functions.pop(fn_id, None)
             return
         try:
-            loaded = pickle.loads(blob)
-        except BaseException:
+            loaded = loads(blob)
+        except BaseException as exc:
             import traceback
 
-            self.functions[fn_id] = _Unloadable(traceback.format_exc(), self.master_python)
+            text = str(exc) if isinstance(exc, CodeShippingError) else traceback.format_exc()
+            self.functions[fn_id] = _Unloadable(text, self.master_python, exc)
             return
         if options.get("setup"):  # (processor, setup, args), pickled together: shared globals
             loaded, setup, args = loaded
@@ -430,7 +730,7 @@ class _Runner(object):
         init = options.get("initializer")
         if init is not None:
             try:
-                initializer, args = pickle.loads(init)
+                initializer, args = loads(init)
             except BaseException:
                 import traceback
 
@@ -453,6 +753,8 @@ class _Runner(object):
     def _adopt_globals(self, fn, depth=0):
         """Functions pickled by value get fresh globals; give them (and the functions their
         closures hold: antnest's wrappers) what an initializer set in their module."""
+        if isinstance(fn, (Star, StarShared)):  # antnest's wrappers hold the user's function
+            fn = fn.fn
         space = getattr(fn, "__globals__", None)
         if space is None or not self.set_by_init or depth > 4:
             return
@@ -479,10 +781,10 @@ class _Runner(object):
         else:  # the data in its own pickle, so data that does not unpickle here names its batch
             batch_id, fn_id, _count, blob = task
             try:
-                items = pickle.loads(blob)
+                items = loads(blob)
             except BaseException as exc:  # even SystemExit: it is that batch's error, not ours
                 self.writer.send(Kind.UNDECODABLE, pickle.dumps(
-                    (batch_id, _describe_error(exc, skip_frames=1)), protocol=5))
+                    (batch_id, _describe_error(exc, skip_frames=1)), protocol=PICKLE_PROTOCOL))
                 return
             del blob, task
         fn = self.functions.get(fn_id)
@@ -527,7 +829,7 @@ class _Runner(object):
     def _send_results(self, batch_id, offset, values, errors, elapsed):
         record = (batch_id, offset, values, errors, elapsed)
         try:
-            payload = pickle.dumps(record, protocol=5)
+            payload = pickle.dumps(record, protocol=PICKLE_PROTOCOL)
         except BaseException:  # even SystemExit from a __reduce__: the fallback sorts it out
             payload = _pickle_with_fallback(record)
         self.writer.send(Kind.RESULTS, payload)
@@ -540,35 +842,37 @@ def _pickle_with_fallback(record):
     import cloudpickle
 
     try:
-        return cloudpickle.dumps(record, protocol=5)
+        return cloudpickle.dumps(record, protocol=PICKLE_PROTOCOL)
     except BaseException:
         pass
     batch_id, offset, values, errors, elapsed = record
     for index, value in enumerate(values):
         try:
-            cloudpickle.dumps(value, protocol=5)
+            cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
         except BaseException as exc:
             errors[offset + index] = _describe_error(exc)
             values[index] = None
     try:
-        return cloudpickle.dumps((batch_id, offset, values, errors, elapsed), protocol=5)
+        return cloudpickle.dumps((batch_id, offset, values, errors, elapsed), protocol=PICKLE_PROTOCOL)
     except BaseException:  # an error report that itself does not pickle: its text still goes
         errors = {i: (None,) + tuple(desc[1:]) for i, desc in errors.items()}
-        return pickle.dumps((batch_id, offset, values, errors, elapsed), protocol=5)
+        return pickle.dumps((batch_id, offset, values, errors, elapsed), protocol=PICKLE_PROTOCOL)
 
 
 class _Unloadable(object):
     """Stands in for a function that failed to unpickle here; every call reports why."""
 
-    def __init__(self, text, master_python):
+    def __init__(self, text, master_python, error=None):
         self.text = text
         self.master_python = master_python
+        self.error = error
 
     def __call__(self, item):
+        if isinstance(self.error, (CodeShippingError, ImportError)):
+            raise self.error
         raise RuntimeError(
             "the processor could not be loaded on this host (Python %s; the master runs "
-            "Python %s, and functions defined by value only load on the same minor "
-            "version):\n%s" % (".".join(map(str, sys.version_info[:3])), self.master_python,
+            "Python %s):\n%s" % (".".join(map(str, sys.version_info[:3])), self.master_python,
                                 self.text)
         )
 
@@ -584,14 +888,14 @@ def _describe_error(exc, skip_frames=0):
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     blob = None
     try:
-        blob = pickle.dumps(exc, protocol=5)
+        blob = pickle.dumps(exc, protocol=PICKLE_PROTOCOL)
         pickle.loads(blob)
     except BaseException:
         blob = None
         try:
             import cloudpickle
 
-            blob = cloudpickle.dumps(exc, protocol=5)
+            blob = cloudpickle.dumps(exc, protocol=PICKLE_PROTOCOL)
         except BaseException:
             blob = None
     try:
@@ -741,7 +1045,14 @@ def main(shipped=None, cloudpickle_version=None):
     except (ImportError, AttributeError, ValueError, OSError):
         pass
 
-    runner = _Runner(proto_in, writer, current)
+    global _FORWARDER
+    forwarder = _FORWARDER = _Forwarder(writer)
+    package = sys.modules.get("antnest")
+    if package is not None and getattr(package, "__path__", None) == []:  # bootstrap's stub
+        package.__getattr__ = _package_getattr
+    sys.meta_path.insert(0, _SOURCES)
+    sys.meta_path.append(forwarder)
+    runner = _Runner(proto_in, writer, current, forwarder)
     runner.owning = owning
     for target in (runner.read_loop, runner.watchdog):
         threading.Thread(target=target, daemon=True).start()

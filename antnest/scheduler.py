@@ -21,8 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
-import cloudpickle
-
+from antnest import codeship
 from antnest.errors import (
     JobTimeout,
     NoHostsError,
@@ -224,7 +223,9 @@ class Call:
         self.fn_id = next(_ids)
         # A job's setup() travels in the same pickle as its processor: they share globals.
         self.setup = setup is not None
-        self.fn_blob = cloudpickle.dumps(fn if setup is None else (fn, setup, ()), protocol=5)
+        self.fn = fn if setup is None else (fn, setup, ())
+        self.sources = codeship.local_sources()   # shipped to each runner before the first JOB
+        self._blobs = {5: codeship.dumps_function(self.fn, 5)}  # fails here when fn cannot travel
         self.name = name or getattr(fn, "__qualname__", repr(fn))
         self._input: Optional[Iterator] = iter(items)
         self._feeder: Optional[_Feeder] = None
@@ -260,6 +261,13 @@ class Call:
             total = read + resumed
         return Tally(done=done + resumed, failed=failed, running=running,
                      waiting=max(0, read - self.taken), total=total, resumed=resumed)
+
+    def fn_blob(self, protocol: int) -> bytes:
+        """The function pickled at a protocol the host reads (3.6 and 3.7 stop at 4)."""
+        blob = self._blobs.get(protocol)
+        if blob is None:
+            blob = self._blobs[protocol] = codeship.dumps_function(self.fn, protocol)
+        return blob
 
     def median_batch_seconds(self) -> float:
         if len(self.durations) < 3:

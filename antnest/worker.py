@@ -13,10 +13,11 @@ import socket
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional
 
-from antnest import byvalue, runner
+from antnest import codeship, runner
 from antnest.errors import BootstrapError, ConnectError, HostError, RunnerLost, format_seconds
 from antnest.host import Host
 from antnest.runner import FrameReader, Kind, decode_hello, encode, frame
@@ -26,7 +27,7 @@ from antnest.transport import link_errors
 log = logging.getLogger(__name__)
 remote_log = logging.getLogger("antnest.remote")
 
-MIN_PYTHON = (3, 8)
+MIN_PYTHON = (3, 6)
 HEARTBEAT = 2.0        # a runner sends a PING this often
 DEAD_AFTER = 10.0      # silence (no frame, no heartbeat) after which an SSH runner is lost
 RUNNER_IDLE_TIMEOUT = 30.0  # a runner that hears nothing (the master pings every 5 s) leaves
@@ -74,6 +75,10 @@ class HostGroup:
         self.error: Optional[HostError] = None
         self.last_loss: Optional[str] = None
         self.setup_error: Optional[HostError] = None  # a bad workdir, a raising initializer
+
+    def cluster_forward(self) -> Any:
+        """The cluster's forward_modules: True, False, or the package names to forward."""
+        return getattr(self.cluster, "forward_modules", True)
 
     def start(self) -> None:
         """Boot every runner at once when the count is known; with procs=auto, boot one and
@@ -179,6 +184,7 @@ class Worker:
         self.send_lock = threading.Lock()
         self.loaded: set = set()
         self.to_forget: List[int] = []   # fn ids of ended calls, for the runner to drop
+        self.shipped: set = set()   # (module, file) whose source this runner holds
         self.accepting = False
         self.culprit_known = False
         self.gave_up = False
@@ -324,6 +330,7 @@ class Worker:
         self.outbox.clear()
         self.loaded = set()
         self.to_forget.clear()
+        self.shipped = set()
         self.culprit_known = False
         recorder = self.scheduler.recorder
         recorder.runner_booting(self.label, self.host_name)
@@ -341,11 +348,14 @@ class Worker:
                               hello.get("cpus"))
         # Options every JOB would carry; sent once now so the watchdogs run from the start.
         options = {"heartbeat": HEARTBEAT, "idle_timeout": RUNNER_IDLE_TIMEOUT,
-                   "master_python": _python_version(), **self.group.cluster.runner_options(
-                       self.group.host)}
+                   "master_python": _python_version(),
+                   "forward": self.group.cluster_forward() is not False,
+                   **self.group.cluster.runner_options(self.group.host)}
+        # An initializer is loaded before any call: its modules go first.
+        sources = self._new_sources(codeship.local_sources()) if "initializer" in options else ()
         try:
-            proc.send(encode(Kind.JOB, pickle.dumps((None, None, options),
-                                                    protocol=self.pickle_protocol)))
+            proc.send(*sources, encode(Kind.JOB, pickle.dumps((None, None, options),
+                                                              protocol=self.pickle_protocol)))
         except link_errors():
             if self._stopping.is_set():
                 raise BootstrapError(self.host_name, "the cluster is shutting down") from None
@@ -381,6 +391,8 @@ class Worker:
                 elif kind == Kind.TIMEOUT:
                     batch_id, index, elapsed = pickle.loads(payload)
                     sched.on_timeout(self, batch_id, index, elapsed)
+                elif kind == Kind.MODULE_REQUEST:
+                    self._answer_module(payload.decode("utf-8", "replace"))
                 elif kind == Kind.FATAL:
                     return f"runner failed: {payload.decode(errors='replace').strip()}", False
                 elif kind == Kind.SETUP_FAILED:
@@ -401,6 +413,19 @@ class Worker:
         alive = self._link_alive()
         detail = proc.diagnose() if alive else "the SSH connection is gone"
         return f"runner exited ({detail})", alive
+
+    def _answer_module(self, name: str) -> None:
+        """A runner imports a module its host lacks: the master's source, or why not."""
+        python = self.group.state.python or "?"
+        record, reason = codeship.module_answer(name, self.host_name, python,
+                                                self.group.cluster_forward())
+        if record is None:
+            log.debug("%s: cannot forward module %s: %s", self.label, name, reason)
+        else:
+            log.debug("%s: forwarding module %s (%s)", self.label, name, record[2])
+        payload = pickle.dumps((name, record, reason), protocol=self.pickle_protocol)
+        with self.send_lock:
+            self.proc.send(encode(Kind.MODULE, payload))
 
     def _link_alive(self) -> bool:
         return self.group.ssh is None or self.group.ssh.is_alive()
@@ -437,7 +462,7 @@ class Worker:
                     return gave_back
                 call = batch.call
                 try:
-                    blob = byvalue.dumps(batch.items, self.pickle_protocol)
+                    blob = codeship.dumps_data(batch.items, self.pickle_protocol)
                 except KeyboardInterrupt:
                     raise
                 except BaseException as exc:  # data that cannot be pickled: those taskunits fail
@@ -449,8 +474,9 @@ class Worker:
                     if call.fn_id not in self.loaded:
                         options = {"task_timeout": call.policy.task_timeout,
                                    "setup": call.setup}
-                        parts += frame(Kind.JOB, pickle.dumps(
-                            (call.fn_id, call.fn_blob, options), protocol=self.pickle_protocol))
+                        parts += self._sources_for(call) + frame(Kind.JOB, pickle.dumps(
+                            (call.fn_id, call.fn_blob(self.pickle_protocol), options),
+                            protocol=self.pickle_protocol))
                     # the data in a pickle of its own: a runner that cannot load it says which batch
                     payload = pickle.dumps((batch.id, call.fn_id, len(batch.items), blob),
                                            protocol=self.pickle_protocol)
@@ -474,6 +500,17 @@ class Worker:
                 self.loaded.discard(fn_id)
                 parts += frame(Kind.JOB, pickle.dumps((fn_id, None, {}), protocol=self.pickle_protocol))
         return parts
+
+    def _sources_for(self, call: Any) -> tuple:
+        """A SOURCES frame with the call's local modules this runner does not hold yet."""
+        return self._new_sources(call.sources)
+
+    def _new_sources(self, records: list) -> tuple:
+        new = [r for r in records if (r[0], r[2]) not in self.shipped]
+        if not new:
+            return ()
+        self.shipped.update((r[0], r[2]) for r in new)
+        return frame(Kind.SOURCES, zlib.compress(pickle.dumps(new, protocol=self.pickle_protocol), 1))
 
     def ping(self) -> None:
         if not self.accepting or not self.send_lock.acquire(timeout=0.1):
@@ -530,27 +567,20 @@ def await_hello(host: Host, proc: Any, reader: FrameReader) -> dict:
         proc.kill()
         raise BootstrapError(host.name, f"unexpected handshake {hello!r}")
     version = tuple(hello["python"])
-    if version < MIN_PYTHON:
+    if version < MIN_PYTHON:  # the runner is written for 3.6+; older ones never say HELLO
         proc.kill()
         raise BootstrapError(host.name, f"Python {'.'.join(map(str, version))} on the host is too "
                              f"old; antnest needs {'.'.join(map(str, MIN_PYTHON))}+ (set `python:` "
                              "in the inventory to a newer interpreter)", status="python too old")
-    if version_differs(hello):
-        # Code pickled by value on one minor version can fail or even crash on another.
-        proc.kill()
-        raise BootstrapError(host.name, f"the host runs Python {'.'.join(map(str, version))} "
-                             f"({hello.get('executable')}), the master Python {_python_version()}: "
-                             "functions travel as bytecode, which only loads on the same minor "
-                             f"version; set `python:` to a python{sys.version_info[0]}."
-                             f"{sys.version_info[1]} on the host, or run the master with "
-                             f"Python {version[0]}.{version[1]}", status="python mismatch")
     if hasattr(proc, "set_timeout"):
         proc.set_timeout(DEAD_AFTER)
     return hello
 
 
-def version_differs(hello: dict) -> bool:
-    return tuple(hello["python"][:2]) != sys.version_info[:2]
+def by_value_too(hello: dict) -> bool:
+    """Whether functions with no source left (exec, REPL) can go to this host by value: only
+    bytecode of the master's own minor version loads there. Source travels everywhere."""
+    return tuple(hello["python"][:2]) == sys.version_info[:2]
 
 
 def _boot_error(host: Host, proc: Any) -> HostError:

@@ -487,7 +487,8 @@ def test_check_reports_each_broken_host(fleet: SshdFleet, tmp_path: Path,
         assert rows[name][2] in statuses, (name, rows[name])
     version = ".".join(map(str, sys.version_info[:2]))
     for name in ("fleet1", "fleet2"):
-        _, address, _, python, cpus, cloudpickle, rtt = rows[name][:7]
+        _, address, _, python, cpus, code, cloudpickle, rtt = rows[name][:8]
+        assert code == "source+value"  # the fleet's python3 is the master's minor version
         assert address == f"{fleet.host(name).address}:{fleet.host(name).port}"
         assert python.startswith(version + "."), rows[name]
         assert int(cpus) == os.cpu_count()

@@ -322,22 +322,19 @@ def run_with_python(fleet: SshdFleet, run_cli, tmp_path: Path, python: str):
 
 
 def test_host_python_too_old_is_exit_3(fleet: SshdFleet, run_cli, tmp_path: Path) -> None:
-    python = pick(lambda v: v < (3, 8))
-    result = run_with_python(fleet, run_cli, tmp_path, python)
+    pyenv = os.environ.get("PYENV_ROOT") or os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".pyenv")
+    old = sorted(glob.glob(os.path.join(pyenv, "versions", "2.*", "bin", "python")))
+    if not old:
+        pytest.skip("no Python 2 interpreter installed here")
+    result = run_with_python(fleet, run_cli, tmp_path, old[0])
     assert (result.returncode, result.stdout) == (3, ""), result.stderr
     assert "fleet1" in result.stderr and "too old" in result.stderr
 
 
 @pytest.mark.parametrize("newer", [False, True], ids=["older-minor", "newer-minor"])
-def test_host_python_of_another_minor_version_gets_a_clear_error(
+def test_a_host_python_of_another_minor_version_runs_the_job(
         fleet: SshdFleet, run_cli, tmp_path: Path, newer: bool) -> None:
     mine = sys.version_info[:2]
-    python = pick(lambda v: v > mine if newer else (3, 8) <= v < mine)
-    version = [v for v, p in interpreters().items() if p == python][0]
+    python = pick(lambda v: v > mine if newer else (3, 6) <= v < mine)
     result = run_with_python(fleet, run_cli, tmp_path, python)
-    assert result.returncode in (1, 3), result.stderr
-    assert result.stdout == ""
-    # -q: only the error itself, which must name the host and both versions
-    assert "fleet1" in result.stderr
-    assert "%d.%d" % version in result.stderr, result.stderr
-    assert "%d.%d" % mine in result.stderr, result.stderr
+    assert (result.returncode, result.stdout) == (0, "olleh\ndlrow\n"), result.stderr
