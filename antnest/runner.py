@@ -391,6 +391,10 @@ class _Forwarder(object):
         if parent and parent != "antnest" and \
                 getattr(sys.modules.get(parent), "__loader__", None) not in (self, _SOURCES):
             return None  # a submodule of the host's own package: the host's business
+        if parent == "antnest" and _init_package() and name in sys.modules:
+            from importlib.machinery import ModuleSpec
+
+            return ModuleSpec(name, _Existing(sys.modules[name]))
         record, reason = self._ask(name)
         if record is None:
             raise ModuleNotFoundError(reason, name=name)
@@ -429,15 +433,38 @@ class _Forwarder(object):
             self.cond.notify_all()
 
 
+def _init_package():
+    """The host's `antnest` is only this runner's package: the first time shipped code uses
+    more of it (`from antnest import Cluster`, `import antnest.worker`), the master's
+    antnest/__init__.py is forwarded and run in it, as Python runs a package's __init__ before
+    its submodules. True when it ran just now."""
+    package = sys.modules.get("antnest")
+    if package is None or package.__dict__.get("_antnest_forwarded") or _FORWARDER is None:
+        return False
+    package._antnest_forwarded = True
+    record, reason = _FORWARDER._ask("antnest")
+    if record is not None:
+        exec(compile(record[2], record[1], "exec", dont_inherit=True), package.__dict__)
+    return True
+
+
+class _Existing(object):
+    """Loader of a module that an __init__ run meanwhile has already imported."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def create_module(self, spec):
+        return self.module
+
+    def exec_module(self, module):
+        pass
+
+
 def _package_getattr(name):
-    """`from antnest import Cluster` in a shipped __main__ script: the host's `antnest` is only
-    this runner's package, so the master's antnest/__init__.py is forwarded on first use."""
+    """`from antnest import Cluster` in a shipped __main__ script (see _init_package)."""
     package = sys.modules["antnest"]
-    if not package.__dict__.get("_antnest_forwarded") and _FORWARDER is not None:
-        package._antnest_forwarded = True
-        record, reason = _FORWARDER._ask("antnest")
-        if record is not None:
-            exec(compile(record[2], record[1], "exec", dont_inherit=True), package.__dict__)
+    _init_package()
     try:
         return package.__dict__[name]
     except KeyError:
