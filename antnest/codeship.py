@@ -315,57 +315,6 @@ class _Pickler(pickle.Pickler):
         return runner._load_by_value, (blob, f"{what} ({why})", tuple(sys.version_info[:2]))
 
 
-def _is_stdlib(name: str) -> bool:
-    names = getattr(sys, "stdlib_module_names", None)
-    if names is not None:
-        return name in names
-    spec = _find_spec(name)  # pragma: no cover - Python 3.9 masters
-    origin = getattr(spec, "origin", None) or ""
-    return origin in ("built-in", "frozen") or (
-        origin.startswith(_STDLIB) and "-packages" not in origin)
-
-
-_STDLIB = os.path.realpath(sysconfig.get_paths()["stdlib"])
-_installed_cache: Dict[Tuple[str, str], bool] = {}
-
-
-def _imports_installed(name: str, seen: set) -> bool:
-    """Whether local module `name` imports, at its top (or through other local modules), a
-    package that is neither the standard library nor local: one the hosts probably lack."""
-    if name in seen:
-        return False
-    seen.add(name)
-    module = sys.modules.get(runner.MAIN_ALIAS if name == "__main__" else name)
-    path = _local_file(module)
-    if path is None:
-        return False
-    key = (name, path)
-    if key in _installed_cache:
-        return _installed_cache[key]
-    try:
-        tree = _tree(path, "".join(linecache.getlines(path)))
-    except SourceUnavailable:
-        return False
-    found = False
-    for node in tree.body:  # type: ignore[attr-defined]
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-            names = [node.module]
-        for imported in names:
-            top = imported.split(".")[0]
-            if _is_stdlib(top) or top == "__future__":
-                continue
-            if _local_file(sys.modules.get(top)) is not None:
-                if _imports_installed(top, seen):
-                    found = True
-                continue
-            found = True
-    _installed_cache[key] = found
-    return found
-
-
 def _is_local(obj: Any) -> bool:
     module_name = getattr(obj, "__module__", None) or ""
     return module_name == "__main__" or _local_file(sys.modules.get(module_name)) is not None
@@ -374,10 +323,11 @@ def _is_local(obj: Any) -> bool:
 def dumps_function(fn: Any, protocol: int) -> bytes:
     """fn pickled so that every host version can load it (see the module docstring).
 
-    A reference to a local module makes the host import it, with everything it imports at its
-    top (a test module importing pytest and paramiko, say: slow, or impossible there). So the
-    pickle also carries a second version with those modules' functions rebuilt from source,
-    tried first when a module imports installed packages at its top, second otherwise."""
+    Functions of local modules go as their source with their globals' values (as computed
+    here); classes by reference, so results that are instances of them unpickle here as them.
+    A reference-only version follows, for functions whose source does not rebuild on a host.
+    Importing a whole local module on the host (a test module importing pytest and paramiko,
+    say) is thus only needed for its classes."""
     buffer = io.BytesIO()
     try:
         pickler = _Pickler(buffer, protocol)
@@ -388,10 +338,9 @@ def dumps_function(fn: Any, protocol: int) -> bytes:
                 _Pickler(inline, protocol, inline=True).dump(fn)
             except Exception:  # no second version: the host's ImportError stands
                 return buffer.getvalue()
-            first, second = buffer.getvalue(), inline.getvalue()
-            if any(_imports_installed(name, set()) for name in pickler.local_refs):
-                first, second = second, first
-            return pickle.dumps(_Either(first, second), protocol=protocol)
+            # Source first: the values its globals had here (a job reading os.environ when it
+            # loads), and no import of the whole module on the host; the reference second.
+            return pickle.dumps(_Either(inline.getvalue(), buffer.getvalue()), protocol=protocol)
     except RecursionError:
         raise
     except Exception as exc:  # a value it uses has no pickle of its own: all of it by value
