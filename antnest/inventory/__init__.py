@@ -25,6 +25,7 @@ from ..patterns import select
 from .values import PathArg, _Entry, _yaml
 from .native import _native, _parse_host_list
 from .ansible import _INI_SECTION, read_ansible
+from .ssh_options import ssh_user
 from .ssh_config import _SshConfig, _ssh_config_path
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def describe(hosts: Iterable[Host]) -> List[Dict[str, Any]]:
             "name": h.name,
             "address": h.address,
             "port": h.port,
-            "user": h.user,
+            "user": h.user or ssh_user(),   # None means the local user, as in ssh
             "identity_files": list(h.identity_files),
             "python": h.python,
             "procs": "auto" if h.procs is None else h.procs,
@@ -111,7 +112,7 @@ def describe(hosts: Iterable[Host]) -> List[Dict[str, Any]]:
 
 def _hop_text(hop: Host) -> str:
     address = f"[{hop.address}]" if ":" in hop.address else hop.address
-    return f"{hop.user + '@' if hop.user else ''}{address}:{hop.port}"
+    return f"{hop.user or ssh_user()}@{address}:{hop.port}"
 
 
 # --------------------------------------------------------------------------- reading a file

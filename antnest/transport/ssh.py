@@ -505,9 +505,10 @@ def _jump_host(hop: Host, target: Host) -> Host:
 
 
 def _local_user() -> str:
-    import getpass
+    """The login name ssh itself would use (the password database's), never a KeyError."""
+    from antnest.inventory.ssh_options import ssh_user
 
-    return getpass.getuser()
+    return ssh_user()
 
 
 def _offered_keys(host: Host) -> str:
