@@ -15,7 +15,7 @@ here too, so there is exactly one definition of the wire.
     TASKS   (batch, fn id, n, pickled [data]) ▶  queued; run in order by the main thread
                                      ◀───────  RESULTS (batch, offset, [value], {i: error}, secs)
                                      ◀───────  UNDECODABLE (batch, error)  its data did not unpickle
-                                     ◀───────  LOG     (batch, index, text)  print()/fd 1/fd 2
+                                     ◀───────  LOG     batch, index, UTF-8 text (not a pickle)
                                      ◀───────  TIMEOUT (batch, index, secs)  then the runner exits
     PING                             ───────▶  keeps the idle watchdog quiet
     SOURCES [(module, source), ...]  ───────▶  the job's own modules, imported from memory
@@ -99,6 +99,23 @@ def encode(kind, payload):
 def frame(kind, payload):
     """One frame as (header, payload): large payloads are sent without a copy."""
     return HEADER.pack(len(payload), kind), payload
+
+
+LOG_HEADER = struct.Struct(">qq")   # batch id (-1: none), taskunit index (-1: between tasks)
+
+
+def encode_log(batch_id, index, text):
+    """LOG is text, not a pickle: the master never unpickles what a runner merely printed.
+    UTF-8 after the two ids; surrogatepass, so no str the job prints can fail to encode."""
+    return LOG_HEADER.pack(-1 if batch_id is None else batch_id, index) + text.encode(
+        "utf-8", "surrogatepass")
+
+
+def decode_log(payload):
+    """(batch_id or None, index, text); bytes that are not UTF-8 show as U+FFFD."""
+    batch_id, index = LOG_HEADER.unpack_from(payload)
+    text = payload[LOG_HEADER.size:].decode("utf-8", "replace")
+    return (None if batch_id < 0 else batch_id), index, text
 
 
 def encode_hello(info):
@@ -209,8 +226,7 @@ class _TextToLog(io.TextIOBase):
         return 1 if self.name == "stdout" else 2
 
     def _emit(self, text):
-        payload = pickle.dumps((self._current.batch, self._current.index, text))
-        self._writer.send(Kind.LOG, payload)
+        self._writer.send(Kind.LOG, encode_log(self._current.batch, self._current.index, text))
 
 
 def _forward_fd_output(read_fd, writer, current):
@@ -228,7 +244,7 @@ def _forward_fd_output(read_fd, writer, current):
             continue
         lines, _, pending = pending.rpartition(b"\n") if b"\n" in pending else (pending, b"", b"")
         text = lines.decode("utf-8", "replace")
-        writer.send(Kind.LOG, pickle.dumps((current.batch, current.index, text)))
+        writer.send(Kind.LOG, encode_log(current.batch, current.index, text))
 
 
 def _read_exact(fd, n):

@@ -20,7 +20,7 @@ from typing import Any, Deque, Dict, List, Optional
 from antnest import codeship, runner
 from antnest.errors import BootstrapError, ConnectError, HostError, RunnerLost, format_seconds
 from antnest.host import Host
-from antnest.runner import FrameReader, Kind, decode_hello, encode, frame
+from antnest.runner import FrameReader, Kind, decode_hello, decode_log, encode, frame
 from antnest.transport.local import LocalProcess
 from antnest.transport import link_errors
 
@@ -431,7 +431,7 @@ class Worker:
         return self.group.ssh is None or self.group.ssh.is_alive()
 
     def _log(self, payload: bytes) -> None:
-        batch_id, index, text = pickle.loads(payload)
+        batch_id, index, text = decode_log(payload)
         if batch_id != self._output_batch:
             self._output_batch, self.output_bytes = batch_id, 0
         self.output_bytes += len(text)
@@ -566,6 +566,10 @@ def await_hello(host: Host, proc: Any, reader: FrameReader) -> dict:
     if hello.get("magic") != runner.MAGIC.decode() or hello.get("protocol") != runner.PROTOCOL_VERSION:
         proc.kill()
         raise BootstrapError(host.name, f"unexpected handshake {hello!r}")
+    problem = hello_problem(hello)
+    if problem is not None:
+        proc.kill()
+        raise BootstrapError(host.name, f"handshake failed: {problem}", status="handshake failed")
     version = tuple(hello["python"])
     if version < MIN_PYTHON:  # the runner is written for 3.6+; older ones never say HELLO
         proc.kill()
@@ -581,6 +585,38 @@ def by_value_too(hello: dict) -> bool:
     """Whether functions with no source left (exec, REPL) can go to this host by value: only
     bytecode of the master's own minor version loads there. Source travels everywhere."""
     return tuple(hello["python"][:2]) == sys.version_info[:2]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# HELLO's fields and what each must be: (required, check, what it must be)
+HELLO_FIELDS: Dict[str, Any] = {
+    "python": (True, lambda v: isinstance(v, (list, tuple)) and len(v) >= 2
+               and all(_is_int(n) and n >= 0 for n in v), "a list of version numbers"),
+    "cpus": (True, lambda v: _is_int(v) and v >= 1, "a whole number of CPUs, 1 or more"),
+    "hostname": (True, lambda v: isinstance(v, str), "a string"),
+    "pid": (True, lambda v: _is_int(v) and v > 0, "a process id"),
+    "pickle_protocol": (False, lambda v: _is_int(v) and v >= 2, "a pickle protocol number"),
+    "executable": (False, lambda v: isinstance(v, str), "a string"),
+    "implementation": (False, lambda v: isinstance(v, str), "a string"),
+    "cloudpickle": (False, lambda v: v in ("found", "shipped", "missing"),
+                    "'found', 'shipped' or 'missing'"),
+}
+
+
+def hello_problem(hello: dict) -> Optional[str]:
+    """What is wrong with a HELLO's fields (the first problem), or None: a runner that says
+    something else than it should is refused in one line, never with a traceback."""
+    for name, (required, check, want) in HELLO_FIELDS.items():
+        if name not in hello:
+            if required:
+                return f"the runner's HELLO lacks the field {name!r}"
+            continue
+        if not check(hello[name]):
+            return f"the runner's HELLO field {name!r} is {hello[name]!r}, not {want}"
+    return None
 
 
 def _boot_error(host: Host, proc: Any) -> HostError:

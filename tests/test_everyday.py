@@ -586,3 +586,69 @@ def test_binary_input_as_bytes_or_as_text_that_round_trips(tmp_path: Path, run_c
     as_text = run_cli("run", "--procs", "1", "--input", data, "-o", out, echo)
     assert as_text.returncode == 0, as_text.stderr
     assert out.read_bytes() == data.read_bytes()     # nothing replaced by U+FFFD
+
+
+# --- a malformed handshake is one line naming the host and the field ----------------------------
+
+class _StubProc:
+    """Stands in for a runner process at the await_hello seam: bytes in, kill and diagnose."""
+
+    def __init__(self, payload: bytes) -> None:
+        from antnest.runner import Kind, encode
+
+        self.data = io.BytesIO(encode(Kind.HELLO, payload))
+        self.killed = False
+
+    def recv(self, size: int) -> bytes:
+        return self.data.read(size)
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def diagnose(self) -> str:
+        return "exit status 0"
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"python": "3.11"}, "python"), ({"cpus": "many"}, "cpus"), ({"cpus": 0}, "cpus"),
+    ({"pid": None}, "pid"), ({"hostname": 7}, "hostname"),
+])
+def test_malformed_hello_is_a_handshake_failure_naming_host_and_field(change, field) -> None:
+    import sys as _sys
+
+    from antnest.errors import BootstrapError
+    from antnest.runner import MAGIC, PROTOCOL_VERSION, FrameReader, encode_hello
+    from antnest.worker import await_hello
+
+    hello = {"magic": MAGIC.decode(), "protocol": PROTOCOL_VERSION,
+             "python": list(_sys.version_info[:3]), "hostname": "h", "pid": 42, "cpus": 2,
+             "pickle_protocol": 5, "cloudpickle": "found", "executable": "/usr/bin/python3"}
+    hello.update(change)
+    proc = _StubProc(encode_hello(hello))
+    host = antnest.Host(name="node9", address="10.0.0.9")
+    with pytest.raises(BootstrapError) as info:
+        await_hello(host, proc, FrameReader(proc.recv))
+    message = str(info.value)
+    assert info.value.status == "handshake failed" and proc.killed
+    assert message.startswith("node9: handshake failed:") and f"'{field}'" in message
+    assert "\n" not in message
+
+
+def test_a_hello_without_a_field_is_refused() -> None:
+    from antnest.worker import hello_problem
+
+    assert hello_problem({"python": [3, 11, 2], "hostname": "h", "pid": 1}) == \
+        "the runner's HELLO lacks the field 'cpus'"
+
+
+def test_log_frames_are_text_not_pickles() -> None:
+    import pickle
+
+    from antnest.runner import decode_log, encode_log
+
+    payload = encode_log(3, 1, "ünïcode line \udcff")
+    assert decode_log(payload) == (3, 1, "ünïcode line \ufffd\ufffd\ufffd")
+    assert decode_log(encode_log(None, -1, "x")) == (None, -1, "x")
+    evil = pickle.dumps((1, 0, "x"))     # a pickle is never unpickled: it is read as ids + text
+    batch, index, text = decode_log(evil + b"\0" * 16)
+    assert isinstance(text, str)

@@ -22,6 +22,7 @@ import pytest
 
 from antnest import bootstrap
 from antnest.runner import (
+    decode_log,
     HEADER,
     MAGIC,
     PROTOCOL_VERSION,
@@ -198,7 +199,7 @@ class LiveRunner:
             assert frame is not None, "the runner went away"
             kind, payload = frame
             if kind == Kind.LOG:
-                logs.append(pickle.loads(payload))
+                logs.append(decode_log(payload))
             elif kind == Kind.RESULTS:
                 got_batch, offset, batch_values, batch_errors, elapsed = pickle.loads(payload)
                 assert got_batch == batch_id
@@ -217,7 +218,7 @@ class LiveRunner:
             frame = self.next()
             assert frame is not None, f"runner gone before logging {text!r}"
             if frame[0] == Kind.LOG:
-                logs.append(pickle.loads(frame[1]))
+                logs.append(decode_log(frame[1]))
                 if text in logs[-1][2]:
                     return logs
 
@@ -342,7 +343,7 @@ def test_output_of_the_processor_becomes_log_frames(runner: LiveRunner) -> None:
         frame = runner.next()
         assert frame is not None
         if frame[0] == Kind.LOG:
-            texts.append(pickle.loads(frame[1])[2])
+            texts.append(decode_log(frame[1])[2])
     lines = "\n".join(texts).splitlines()
     assert sorted(line for line in lines if line in wanted) == sorted(wanted)  # each once
     # print() is attributed exactly to its taskunit
