@@ -655,3 +655,15 @@ def test_vaulted_vars_files_are_refused(tmp_path: Path) -> None:
 def test_unequal_width_ranges(tmp_path: Path) -> None:
     path = write(tmp_path, "inv.ini", "n[0:10:5]\nm[00:02]\n")
     assert names(load_hosts(path)) == ["n0", "n5", "n10", "m00", "m01", "m02"]
+
+
+def test_a_yaml_inventory_under_an_ini_name_says_to_rename_it(tmp_path: Path) -> None:
+    """Ansible reads YAML only from .yml/.yaml/.json (or extensionless) files, so a YAML
+    inventory named hosts.inv is refused by both; antnest says why instead of 'port '''."""
+    path = tmp_path / "hosts.inv"
+    path.write_text("all:\n  hosts:\n    web1:\n      ansible_port: 2222\n")
+    with pytest.raises(InventoryError) as caught:
+        load_hosts(path)
+    message = str(caught.value)
+    assert "hosts.inv" in message and "line 1" in message
+    assert "rename the file" in message and ".yaml" in message

@@ -462,6 +462,12 @@ def _ansible_ini(inventory: AnsibleInventory, text: str) -> None:
             else:
                 pending[name] = ("children", where, [group])
         else:
+            first = line.split()[0]
+            if first.endswith(":"):   # YAML read as INI: say why, as Ansible refuses it too
+                raise inventory.fail(
+                    f"{first!r} ends in ':', reserved for a port. Is this a YAML inventory? "
+                    "Ansible (and antnest) read YAML only from files named .yml, .yaml or "
+                    ".json, or with no extension: rename the file", where)
             _ini_host_line(inventory, group, line, where)
     for name, (state, where, parents) in pending.items():
         if state == "vars":
