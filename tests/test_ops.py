@@ -222,6 +222,7 @@ LIMITS = [
     ("fleet1:even", ["fleet1", "fleet2"]),            # union
     ("odd,fleet2", ["fleet1", "fleet2", "fleet3"]),   # union, comma form
     ("odd:&~fleet[23]", ["fleet3"]),                  # intersection
+    ("workers[0]", ["fleet1"]),                       # Ansible's 0-based subscript
     ("workers:!fleet1", ["fleet2", "fleet3"]),        # exclusion
     ("workers:&odd:!fleet3", ["fleet1"]),             # all three at once
 ]
