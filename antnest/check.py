@@ -5,18 +5,18 @@ used, within about the connect timeout even when some hosts never answer.
 """
 from __future__ import annotations
 
-import pickle
 import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence
 
+import pickle
+
+from antnest import runner
 from antnest.errors import HostError
-from antnest.host import Host
+from antnest.host import Host, HostStatus
 from antnest.runner import FrameReader, Kind, frame
-from antnest.transport import RunnerProcess
-from antnest.transport.local import LocalProcess
-from antnest.transport import SshOptions
+from antnest.transport import Connection, RunnerProcess, SshOptions, open_connection
 from antnest.worker import await_hello, by_value_too
 
 SLACK = 5.0  # seconds beyond the connect timeout for booting the runner and the round trip
@@ -28,7 +28,7 @@ class HostCheck:
 
     name: str
     address: str
-    status: str = "timeout"
+    status: str = HostStatus.TIMEOUT  # a HostStatus
     python: Optional[str] = None
     cpus: Optional[int] = None
     cloudpickle: Optional[str] = None  # "found" on the host, "shipped" from the master
@@ -38,7 +38,7 @@ class HostCheck:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == HostStatus.OK
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -46,33 +46,36 @@ class HostCheck:
 
 def check_hosts(hosts: Sequence[Host], options: SshOptions) -> List[HostCheck]:
     """Probe every host at once; a host still silent at the deadline reports `timeout`."""
-    rows = [HostCheck(h.name, "local" if h.local else f"{h.address}:{h.port}") for h in hosts]
-    threads = [threading.Thread(target=_probe, args=(h, row, options), daemon=True)
-               for h, row in zip(hosts, rows)]
+    rows: List[HostCheck] = []
+    threads = []
+    for host in hosts:
+        row = HostCheck(host.name, host.address)
+        try:
+            connection = open_connection(host, options)
+            row.address = connection.address
+        except HostError as exc:
+            row.status, row.error = exc.status, exc.problem
+        else:
+            threads.append(threading.Thread(target=_probe, args=(host, connection, row),
+                                            daemon=True))
+        rows.append(row)
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + max(h.connect_timeout or options.connect_timeout for h in hosts) + SLACK
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     for row in rows:
-        if row.status == "timeout" and row.error is None:
+        if row.status == HostStatus.TIMEOUT and row.error is None:
             row.error = "no answer before the deadline"
     return rows
 
 
-def _probe(host: Host, row: HostCheck, options: SshOptions) -> None:
-    connection = None
-    if not host.local:
-        from antnest.transport import ssh_connection
-
-        connection = ssh_connection(host, options)
+def _probe(host: Host, connection: Connection, row: HostCheck) -> None:
+    """Connect, boot a runner, run len('ping') on it: the same frames a run sends."""
     proc: Optional[RunnerProcess] = None
     try:
-        if connection is None:
-            proc = LocalProcess(host.name)
-        else:
-            connection.connect()
-            proc = connection.open_runner(host.name)
+        connection.connect()
+        proc = connection.open_runner(host.name)
         reader = FrameReader(proc.recv)
         hello = await_hello(host, proc, reader)
         row.python = ".".join(map(str, hello["python"]))
@@ -80,31 +83,32 @@ def _probe(host: Host, row: HostCheck, options: SshOptions) -> None:
         row.cloudpickle = hello.get("cloudpickle")
         row.code = "source+value" if by_value_too(hello) else "source"
         protocol = min(5, hello.get("pickle_protocol", 5))
-        proc.send(*frame(Kind.JOB, pickle.dumps((1, pickle.dumps(len, protocol=protocol), {}),
-                                                protocol=protocol)))
+        proc.send(*frame(Kind.JOB, runner.encode_job(1, pickle.dumps(len, protocol=protocol), {},
+                                                     protocol)))
         started = time.perf_counter()
-        proc.send(*frame(Kind.TASKS, pickle.dumps((1, 1, ["ping"]), protocol=protocol)))
+        proc.send(*frame(Kind.TASKS, runner.encode_tasks(
+            1, 1, 1, runner.encode_items(["ping"], protocol), protocol)))
         while True:
             reply = reader.next()
             if reply is None:
                 raise HostError(host.name, "the runner exited during the round trip",
-                                status="bootstrap failed")
+                                status=HostStatus.BOOTSTRAP_FAILED)
             if reply[0] == Kind.RESULTS:
+                runner.decode_results(reply[1])
                 break
         row.latency_ms = round((time.perf_counter() - started) * 1000, 2)
-        row.status = "ok"
+        row.status = HostStatus.OK
     except HostError as exc:
         row.status = exc.status
         row.error = exc.problem
     except Exception as exc:  # anything unexpected still gets a row, not a traceback
-        row.status = "bootstrap failed"
+        row.status = HostStatus.BOOTSTRAP_FAILED
         row.error = f"{type(exc).__name__}: {exc}"
     finally:
         if proc is not None:
             proc.close()
             proc.kill()
-        if connection is not None:
-            connection.close()
+        connection.close()
 
 
 def format_table(rows: Sequence[HostCheck]) -> str:

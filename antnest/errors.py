@@ -34,6 +34,8 @@ import pickle
 from concurrent.futures import BrokenExecutor
 from typing import Any, Optional, Sequence
 
+from antnest.host import HostStatus
+
 
 class AntnestError(Exception):
     """Base of every error antnest raises on purpose."""
@@ -60,9 +62,9 @@ class InventoryError(UsageError):
 
 
 class HostError(AntnestError):
-    """A host could not be used; `status` is a short word for tables (`antnest check`)."""
+    """A host could not be used; `status` (a `HostStatus`) is a short word for tables."""
 
-    status = "error"
+    status = HostStatus.ERROR
 
     def __init__(self, host: str, problem: str, status: Optional[str] = None) -> None:
         self.host = host
@@ -73,19 +75,19 @@ class HostError(AntnestError):
 
 
 class ConnectError(HostError):
-    status = "unreachable"
+    status = HostStatus.UNREACHABLE
 
 
 class AuthError(HostError):
-    status = "auth failed"
+    status = HostStatus.AUTH_FAILED
 
 
 class HostKeyError(HostError):
-    status = "host key unknown"
+    status = HostStatus.HOST_KEY_UNKNOWN
 
 
 class BootstrapError(HostError):
-    status = "bootstrap failed"
+    status = HostStatus.BOOTSTRAP_FAILED
 
 
 class NoHostsError(AntnestError):

@@ -6,9 +6,48 @@ name it without importing each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
-__all__ = ["LOCAL", "Host"]
+__all__ = ["LOCAL", "Host", "HostStatus", "State"]
+
+
+class State:
+    """What a host is doing during a run (`Cluster.hosts`, --report): plain strings."""
+
+    CONNECTING = "connecting"  # connecting, or booting its first runner
+    CONNECTED = "connected"    # at least one runner said HELLO
+    LOST = "lost"              # it was connected; every runner is gone and gave up
+    FAILED = "failed"          # it never became usable (see its error)
+    CLOSED = "closed"          # the cluster closed
+
+    @classmethod
+    def all(cls) -> List[str]:
+        return [v for k, v in vars(cls).items() if k.isupper()]
+
+
+class HostStatus:
+    """Why a host can or cannot be used: `antnest check`'s STATUS column and `HostError.status`.
+    README's list of statuses is checked against this one."""
+
+    OK = "ok"
+    UNREACHABLE = "unreachable"
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    AUTH_FAILED = "auth failed"
+    HOST_KEY_UNKNOWN = "host key unknown"
+    HOST_KEY_CHANGED = "host key changed"
+    HOST_KEY_REVOKED = "host key revoked"
+    HOST_KEY_UNCHECKED = "host key unchecked"
+    NO_PYTHON = "no python"
+    PYTHON_TOO_OLD = "python too old"
+    PYTHON_MISMATCH = "python mismatch"
+    HANDSHAKE_FAILED = "handshake failed"
+    BOOTSTRAP_FAILED = "bootstrap failed"
+    ERROR = "error"            # anything else (a bug): the detail says what
+
+    @classmethod
+    def all(cls) -> List[str]:
+        return [v for k, v in vars(cls).items() if k.isupper()]
 
 
 @dataclass(frozen=True)

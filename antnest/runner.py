@@ -1,22 +1,28 @@
 """The remote side: one self-contained, stdlib-only module, shipped as source (Python 3.6+).
 
-The master sends this file's source as stage 2 (see bootstrap.py) and imports the framing from
-here too, so there is exactly one definition of the wire.
+The master sends this file's source as stage 2 (see bootstrap.py) and imports the wire from
+here too, so there is exactly one definition of it: the `Kind` numbers, one encode/decode pair
+per kind (the "wire" section below, listed in `WIRE`), and a {kind: handler} table on each
+side (`_Runner.handlers` here, `Worker` handlers on the master).
 
     master                                     runner (this module, on the host)
     ------                                     ---------------------------------
     stage 1: python3 -c '<loader>'   ───────▶  reads stage 2 from stdin, exec()s it in memory
-                                     ◀───────  HELLO   {python, hostname, pid, cpus, ...}
-    JOB     (fn id, cloudpickled fn) ───────▶  unpickled once, kept by id; the first JOB
-                                               (fn id None) carries the runner's options:
-                                               env, workdir, initializer
+                                     ◀───────  HELLO   {magic, protocol, python, hostname, pid,
+                                                        cpus, pickle_protocol, cloudpickle, ...}
+    JOB     (None, None, {options})  ───────▶  options only: heartbeat, idle timeout, env,
+                                               workdir, initializer (the first JOB)
                                      ◀───────  SETUP_FAILED (what, traceback)  then it exits:
                                                a bad workdir, an initializer or setup() raised
+    JOB     (fn id, cloudpickled fn, {options})  unpickled once, kept by id
+    JOB     (fn id, None, {})        ───────▶  forget that function (its call ended)
     TASKS   (batch, fn id, n, pickled [data]) ▶  queued; run in order by the main thread
                                      ◀───────  RESULTS (batch, offset, [value], {i: error}, secs)
                                      ◀───────  UNDECODABLE (batch, error)  its data did not unpickle
                                      ◀───────  LOG     batch, index, UTF-8 text (not a pickle)
                                      ◀───────  TIMEOUT (batch, index, secs)  then the runner exits
+                                     ◀───────  PING    (empty)  heartbeat, every `heartbeat` s
+                                     ◀───────  FATAL   traceback text  the runner itself broke
     PING                             ───────▶  keeps the idle watchdog quiet
     SOURCES [(module, source), ...]  ───────▶  the job's own modules, imported from memory
                                      ◀───────  MODULE_REQUEST name   an import the host lacks
@@ -29,6 +35,11 @@ source, never as bytecode across versions: functions and classes are pickled by 
 (module and qualified name) to modules the master ships as source (SOURCES, or MODULE on
 demand); lambdas and closures by their source text (_rebuild_function); only what has no
 source left travels by value (cloudpickle), to hosts of the master's minor version alone.
+
+HELLO is a dict of literals (repr/ast.literal_eval), FATAL UTF-8 text.
+
+Adding a frame kind: a number in `Kind`, an encode/decode pair and its `WIRE` entry here, and
+one handler on the receiving side (`_Runner.handlers`, or `Worker.HANDLERS` in worker.py).
 
 The protocol lives on private file descriptors: fd 0 becomes /dev/null and fds 1 and 2 a pipe
 that a thread forwards as LOG frames, so neither print() nor a C library writing to stdout can
@@ -101,6 +112,15 @@ def frame(kind, payload):
     return HEADER.pack(len(payload), kind), payload
 
 
+# -- the wire: one encode/decode pair per kind ------------------------------------------------
+# encode_x(...) -> payload bytes; decode_x(payload) -> what encode_x was given (a tuple when it
+# was given several values). `protocol` is the pickle protocol the receiver said it reads.
+
+
+def _proto(protocol):
+    return PICKLE_PROTOCOL if protocol is None else protocol
+
+
 LOG_HEADER = struct.Struct(">qq")   # batch id (-1: none), taskunit index (-1: between tasks)
 
 
@@ -133,6 +153,164 @@ def decode_hello(payload):
     except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
         return None
     return info if isinstance(info, dict) else None
+
+
+def encode_job(fn_id, blob, options, protocol=None):
+    """A function (cloudpickled `blob`) under `fn_id`, and runner options; fn_id None: options only."""
+    return pickle.dumps((fn_id, blob, options), protocol=_proto(protocol))
+
+
+def decode_job(payload):
+    """(fn_id, blob, options)"""
+    fn_id, blob, options = pickle.loads(payload)
+    return fn_id, blob, options
+
+
+def encode_tasks(batch_id, fn_id, count, blob, protocol=None):
+    """A batch: run fn_id on each of `count` items, in order. `blob` is the items pickled on
+    their own (encode_items), so items that do not unpickle on the host name their batch."""
+    return pickle.dumps((batch_id, fn_id, count, blob), protocol=_proto(protocol))
+
+
+def decode_tasks(payload):
+    """(batch_id, fn_id, count, blob); plain ints and bytes, so this cannot fail on user data.
+    A (batch_id, fn_id, [items]) frame from an older master is taken too (blob is the list)."""
+    task = pickle.loads(payload)
+    if len(task) == 3:
+        batch_id, fn_id, items = task
+        return batch_id, fn_id, len(items), items
+    batch_id, fn_id, count, blob = task
+    return batch_id, fn_id, count, blob
+
+
+def encode_items(items, protocol=None):
+    """The items of a batch, pickled on their own for encode_tasks (the master may use a
+    by-value pickler instead; the runner only ever unpickles)."""
+    return pickle.dumps(items, protocol=_proto(protocol))
+
+
+def decode_items(blob):
+    """The items of a TASKS frame; raises whatever unpickling the user's data raises."""
+    return blob if isinstance(blob, list) else loads(blob)
+
+
+def encode_undecodable(batch_id, error, protocol=None):
+    """The runner could not unpickle batch `batch_id`'s data: error is _describe_error()."""
+    return pickle.dumps((batch_id, error), protocol=_proto(protocol))
+
+
+def decode_undecodable(payload):
+    """(batch_id, error)"""
+    batch_id, error = pickle.loads(payload)
+    return batch_id, error
+
+
+def encode_results(batch_id, offset, values, errors, elapsed, protocol=None):
+    """values[i] is the result of item offset+i of the batch; errors {offset+i: _describe_error}.
+    A value the stdlib pickle refuses goes through cloudpickle; one nothing pickles becomes
+    that item's error instead of losing the batch."""
+    record = (batch_id, offset, values, errors, elapsed)
+    try:
+        return pickle.dumps(record, protocol=_proto(protocol))
+    except BaseException:  # even SystemExit from a __reduce__: the fallback sorts it out
+        return _pickle_with_fallback(record, protocol)
+
+
+def decode_results(payload):
+    """(batch_id, offset, values, errors, elapsed)"""
+    batch_id, offset, values, errors, elapsed = pickle.loads(payload)
+    return batch_id, offset, values, errors, elapsed
+
+
+def encode_timeout(batch_id, index, elapsed):
+    """Taskunit `index` of `batch_id` ran `elapsed` s, past the task timeout."""
+    return pickle.dumps((batch_id, index, elapsed))
+
+
+def decode_timeout(payload):
+    """(batch_id, index, elapsed)"""
+    batch_id, index, elapsed = pickle.loads(payload)
+    return batch_id, index, elapsed
+
+
+def encode_fatal(text):
+    """The runner's own traceback, as text."""
+    return text.encode("utf-8", "replace")
+
+
+def decode_fatal(payload):
+    return payload.decode("utf-8", "replace")
+
+
+def encode_setup_failed(what, text):
+    """`what` ("the initializer", "the job's setup()", ...) failed with traceback `text`."""
+    return pickle.dumps((what, text))
+
+
+def decode_setup_failed(payload):
+    """(what, text)"""
+    what, text = pickle.loads(payload)
+    return what, text
+
+
+def encode_sources(modules, protocol=None):
+    """The job's own modules [(name, source), ...], compressed: imported from memory there."""
+    import zlib
+
+    return zlib.compress(pickle.dumps(modules, protocol=_proto(protocol)), 1)
+
+
+def decode_sources(payload):
+    import zlib
+
+    return pickle.loads(zlib.decompress(payload))
+
+
+def encode_module_request(name):
+    """The runner asks for a module its host lacks."""
+    return name.encode("utf-8")
+
+
+def decode_module_request(payload):
+    return payload.decode("utf-8", "replace")
+
+
+def encode_module(name, record, reason, protocol=None):
+    """The master's answer: the module's record (see codeship.module_answer), or why not."""
+    return pickle.dumps((name, record, reason), protocol=_proto(protocol))
+
+
+def decode_module(payload):
+    """(name, record, reason)"""
+    name, record, reason = pickle.loads(payload)
+    return name, record, reason
+
+
+def encode_empty():
+    """PING and BYE carry nothing."""
+    return b""
+
+
+def decode_empty(payload):
+    return None
+
+
+WIRE = {  # kind: (encode, decode), one pair per kind; tests check every Kind is here
+    Kind.HELLO: (encode_hello, decode_hello),
+    Kind.JOB: (encode_job, decode_job),
+    Kind.TASKS: (encode_tasks, decode_tasks),
+    Kind.RESULTS: (encode_results, decode_results),
+    Kind.LOG: (encode_log, decode_log),
+    Kind.BYE: (encode_empty, decode_empty),
+    Kind.PING: (encode_empty, decode_empty),
+    Kind.TIMEOUT: (encode_timeout, decode_timeout),
+    Kind.FATAL: (encode_fatal, decode_fatal),
+    Kind.SETUP_FAILED: (encode_setup_failed, decode_setup_failed),
+    Kind.UNDECODABLE: (encode_undecodable, decode_undecodable),
+    Kind.SOURCES: (encode_sources, decode_sources),
+    Kind.MODULE_REQUEST: (encode_module_request, decode_module_request),
+    Kind.MODULE: (encode_module, decode_module),
+}
 
 
 class FrameReader(object):
@@ -430,7 +608,7 @@ class _Forwarder(object):
         with self.cond:
             if name not in self.answers:
                 self.answers[name] = None  # asked, not answered yet
-                self.writer.send(Kind.MODULE_REQUEST, name.encode("utf-8"))
+                self.writer.send(Kind.MODULE_REQUEST, encode_module_request(name))
             deadline = time.monotonic() + MODULE_WAIT
             while self.answers[name] is None:
                 left = deadline - time.monotonic()
@@ -658,6 +836,9 @@ class _Runner(object):
         self.last_heard = time.monotonic()
         self._in = proto_in
         self.owning = None
+        # What the main thread does with each kind; PING and BYE stop at the reader thread.
+        self.handlers = {Kind.JOB: self._load_job, Kind.TASKS: self._on_tasks,
+                         Kind.SOURCES: self._on_sources}
 
     # The reader thread: frames in; EOF means the master is gone, so leave at once.
     def read_loop(self):
@@ -694,7 +875,7 @@ class _Runner(object):
             now = time.monotonic()
             if self.heartbeat and now - last_beat >= self.heartbeat:
                 last_beat = now
-                self.writer.send(Kind.PING, b"")
+                self.writer.send(Kind.PING, encode_empty())
             cur = self.current
             if self.task_timeout and cur.batch is not None and cur.index >= 0:
                 elapsed = now - cur.started
@@ -709,30 +890,33 @@ class _Runner(object):
                                                    dict((i, e) for i, e in errors.items()
                                                         if i < index),
                                                    time.perf_counter() - start)
-                        self.writer.send(Kind.TIMEOUT, pickle.dumps((batch, index, elapsed)))
+                        self.writer.send(Kind.TIMEOUT, encode_timeout(batch, index, elapsed))
                     finally:
                         _exit_now(3)
             if self.idle_timeout and now - self.last_heard > self.idle_timeout:
                 _exit_now(4)
 
     def serve(self):
+        """The main thread: frames the reader queued, each to its handler (others are ignored)."""
+        handlers = self.handlers
         while True:
             kind, payload = self.inbox.get()
-            if kind == Kind.JOB:
-                self._load_job(payload)
-            elif kind == Kind.TASKS:
-                owning = self.owning
-                if owning is not None:   # the job's children must be ours from its first task
-                    owning.join(5)
-                    self.owning = None
-                self._run_batch(payload)
-            elif kind == Kind.SOURCES:
-                import zlib
+            handler = handlers.get(kind)
+            if handler is not None:
+                handler(payload)
 
-                _SOURCES.add(pickle.loads(zlib.decompress(payload)))
+    def _on_tasks(self, payload):
+        owning = self.owning
+        if owning is not None:   # the job's children must be ours from its first task
+            owning.join(5)
+            self.owning = None
+        self._run_batch(payload)
+
+    def _on_sources(self, payload):
+        _SOURCES.add(decode_sources(payload))
 
     def _load_job(self, payload):
-        fn_id, blob, options = pickle.loads(payload)
+        fn_id, blob, options = decode_job(payload)
         for name in ("task_timeout", "idle_timeout", "heartbeat", "master_python"):
             if name in options:
                 setattr(self, name, options[name])
@@ -814,22 +998,18 @@ class _Runner(object):
 
     def _setup_failed(self, what, text):
         self._flush_output()
-        self.writer.send(Kind.SETUP_FAILED, pickle.dumps((what, text)))
+        self.writer.send(Kind.SETUP_FAILED, encode_setup_failed(what, text))
         _exit_now(5)
 
     def _run_batch(self, payload):
-        task = pickle.loads(payload)  # plain ints and bytes: this cannot fail on user data
-        if len(task) == 3:
-            batch_id, fn_id, items = task
-        else:  # the data in its own pickle, so data that does not unpickle here names its batch
-            batch_id, fn_id, _count, blob = task
-            try:
-                items = loads(blob)
-            except BaseException as exc:  # even SystemExit: it is that batch's error, not ours
-                self.writer.send(Kind.UNDECODABLE, pickle.dumps(
-                    (batch_id, _describe_error(exc, skip_frames=1)), protocol=PICKLE_PROTOCOL))
-                return
-            del blob, task
+        batch_id, fn_id, _count, blob = decode_tasks(payload)
+        try:
+            items = decode_items(blob)
+        except BaseException as exc:  # even SystemExit: it is that batch's error, not ours
+            self.writer.send(Kind.UNDECODABLE,
+                             encode_undecodable(batch_id, _describe_error(exc, skip_frames=1)))
+            return
+        del blob
         fn = self.functions.get(fn_id)
         cur = self.current
         values = []
@@ -870,36 +1050,31 @@ class _Runner(object):
                 pass
 
     def _send_results(self, batch_id, offset, values, errors, elapsed):
-        record = (batch_id, offset, values, errors, elapsed)
-        try:
-            payload = pickle.dumps(record, protocol=PICKLE_PROTOCOL)
-        except BaseException:  # even SystemExit from a __reduce__: the fallback sorts it out
-            payload = _pickle_with_fallback(record)
-        self.writer.send(Kind.RESULTS, payload)
+        self.writer.send(Kind.RESULTS, encode_results(batch_id, offset, values, errors, elapsed))
 
 
-def _pickle_with_fallback(record):
+def _pickle_with_fallback(record, protocol=None):
     """Some value needs cloudpickle (a lambda, a class made here); one that no pickler
     takes gets the pickler's own exception as that taskunit's error (as ProcessPoolExecutor
     does) instead of losing the batch."""
     import cloudpickle
 
     try:
-        return cloudpickle.dumps(record, protocol=PICKLE_PROTOCOL)
+        return cloudpickle.dumps(record, protocol=_proto(protocol))
     except BaseException:
         pass
     batch_id, offset, values, errors, elapsed = record
     for index, value in enumerate(values):
         try:
-            cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+            cloudpickle.dumps(value, protocol=_proto(protocol))
         except BaseException as exc:
             errors[offset + index] = _describe_error(exc)
             values[index] = None
     try:
-        return cloudpickle.dumps((batch_id, offset, values, errors, elapsed), protocol=PICKLE_PROTOCOL)
+        return cloudpickle.dumps((batch_id, offset, values, errors, elapsed), protocol=_proto(protocol))
     except BaseException:  # an error report that itself does not pickle: its text still goes
         errors = {i: (None,) + tuple(desc[1:]) for i, desc in errors.items()}
-        return pickle.dumps((batch_id, offset, values, errors, elapsed), protocol=PICKLE_PROTOCOL)
+        return pickle.dumps((batch_id, offset, values, errors, elapsed), protocol=_proto(protocol))
 
 
 class _Unloadable(object):
@@ -1107,7 +1282,7 @@ def main(shipped=None, cloudpickle_version=None):
 
         text = traceback.format_exc()
         try:
-            writer.send(Kind.FATAL, text.encode())
+            writer.send(Kind.FATAL, encode_fatal(text))
         finally:
             os.write(fatal_fd, text.encode())
             _exit_now(2)

@@ -1,28 +1,25 @@
 """Workers: one thread per runner slot. It boots a runner, checks its HELLO, reads its frames,
 and starts a new runner when one is lost (reconnecting the host first when the link is gone).
 
-A HostGroup holds what the slots of one host share: the SSH connection and the host's state.
+A HostGroup holds what the slots of one host share: its `Connection` (whatever transport
+`Host.transport` names, see antnest.transport) and the host's state. Frames from a runner go
+to `Worker.HANDLERS`, one handler per kind; their payloads are decoded with runner.WIRE.
 """
 from __future__ import annotations
 
 import collections
 import logging
-import os
-import pickle
 import socket
 import sys
 import threading
-import time
-import zlib
-from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from antnest import codeship, runner
-from antnest.errors import BootstrapError, ConnectError, HostError, RunnerLost, format_seconds
-from antnest.host import Host
-from antnest.runner import FrameReader, Kind, decode_hello, decode_log, encode, frame
-from antnest.transport.local import LocalProcess
-from antnest.transport import link_errors
+from antnest.errors import BootstrapError, HostError, format_seconds
+from antnest.host import Host, HostStatus, State
+from antnest.runner import FrameReader, Kind, decode_hello, encode, frame
+from antnest.transport import Connection, RunnerProcess, link_errors, open_connection
 
 log = logging.getLogger(__name__)
 remote_log = logging.getLogger("antnest.remote")
@@ -42,7 +39,7 @@ class HostState:
 
     name: str
     address: str
-    state: str = "connecting"      # connecting, connected, lost, failed, closed
+    state: str = State.CONNECTING  # a host.State
     procs: int = 0                 # runner slots: the host's procs (its CPU count for auto)
     python: Optional[str] = None
     cpus: Optional[int] = None
@@ -62,12 +59,9 @@ class HostGroup:
         self.name = host.name
         self.cluster = cluster
         self.scheduler = cluster.scheduler
-        self.ssh: Any = None
-        if not host.local:  # paramiko and fabric load only when a host needs them
-            from antnest.transport import ssh_connection
-
-            self.ssh = ssh_connection(host, cluster.ssh_options)
-        self.state = HostState(host.name, "local" if host.local else f"{host.address}:{host.port}")
+        # the transport module (paramiko, fabric...) loads only when a host needs it
+        self.connection: Connection = open_connection(host, cluster.ssh_options)
+        self.state = HostState(host.name, self.connection.address)
         self.workers: List[Worker] = []
         self.lock = threading.Lock()
         self.target_procs: Optional[int] = host.procs
@@ -99,7 +93,7 @@ class HostGroup:
             self.state.cpus = hello["cpus"]
             self.state.hostname = hello["hostname"]
             self.state.cloudpickle = hello.get("cloudpickle")
-            self.state.state = "connected"
+            self.state.state = State.CONNECTED
             log.info("host %s: connected (%s, Python %s, %s CPUs, cloudpickle %s)", self.name,
                      self.state.address, self.state.python, self.state.cpus,
                      self.state.cloudpickle)
@@ -113,28 +107,26 @@ class HostGroup:
         for w in extra:
             w.start(counted=True)
 
-    def start_runner(self, label: str):
-        if self.host.local:
-            return LocalProcess(label, self.host.python if self.host.python != "python3" else None)
-        assert self.ssh is not None
+    def start_runner(self, label: str) -> RunnerProcess:
+        conn = self.connection
         with self.lock:  # one slot (re)connects; the others reuse it or share its error
             if self.error is not None and self.hello is None:
                 raise self.error
-            if not self.ssh.is_alive():
+            if not conn.is_alive():
                 reconnecting = self.hello is not None
                 if reconnecting:
-                    self.state.state = "connecting"
+                    self.state.state = State.CONNECTING
                 try:
                     with self.cluster.forks:  # at most --forks hosts connecting at once
-                        self.ssh.connect()
+                        conn.connect()
                 except HostError as exc:
                     if not reconnecting:
                         self.error = exc
                     raise
                 if reconnecting:
-                    self.state.state = "connected"
+                    self.state.state = State.CONNECTED
                     log.info("host %s: reconnected", self.name)
-        return self.ssh.open_runner(label)
+        return conn.open_runner(label)
 
     def setup_failed(self, error: HostError) -> None:
         """A runner could not prepare itself (workdir, initializer, the job's setup()): every
@@ -157,18 +149,17 @@ class HostGroup:
             self.state.alive = alive
             self.state.procs = self.target_procs or len(self.workers)
             if alive == 0 and self.hello is not None and all(w.gave_up for w in self.workers) \
-                    and self.state.state in ("connected", "connecting"):
-                self.state.state = "lost"
+                    and self.state.state in (State.CONNECTED, State.CONNECTING):
+                self.state.state = State.LOST
 
     def close(self) -> None:
         for w in self.workers:
             w.stop()
         for w in self.workers:
             w.join(5)
-        if self.ssh is not None:
-            self.ssh.close()
-        if self.state.state in ("connecting", "connected"):
-            self.state.state = "closed"
+        self.connection.close()
+        if self.state.state in (State.CONNECTING, State.CONNECTED):
+            self.state.state = State.CLOSED
 
 
 class Worker:
@@ -188,7 +179,7 @@ class Worker:
         self.accepting = False
         self.culprit_known = False
         self.gave_up = False
-        self.proc: Any = None
+        self.proc: Optional[RunnerProcess] = None
         self.aborted: Optional[str] = None  # why we stopped this runner on purpose
         self.pickle_protocol = 5
         self._stopping = threading.Event()
@@ -257,7 +248,7 @@ class Worker:
                 if first or failures >= MAX_RESTARTS or self._stopping.is_set():
                     self.gave_up = True
                     self.group.update_alive()
-                    if self.group.state.state == "lost":
+                    if self.group.state.state == State.LOST:
                         log.error("host %s is lost (%s); the job goes on without it",
                                   self.host_name, exc.problem)
                     return
@@ -299,10 +290,10 @@ class Worker:
         self.scheduler.recorder.runner_exited(self.label, self.host_name,
                                               f"boot failed: {exc}", lost=False)
         with group.lock:
-            report = group.hello is None and group.state.state != "failed"
+            report = group.hello is None and group.state.state != State.FAILED
             if report:
                 group.error = exc
-                group.state.state = "failed"
+                group.state.state = State.FAILED
                 group.state.error = str(exc)
         if report:
             self.scheduler.recorder.host_failed(group.name, str(exc))
@@ -354,8 +345,8 @@ class Worker:
         # An initializer is loaded before any call: its modules go first.
         sources = self._new_sources(codeship.local_sources()) if "initializer" in options else ()
         try:
-            proc.send(*sources, encode(Kind.JOB, pickle.dumps((None, None, options),
-                                                              protocol=self.pickle_protocol)))
+            proc.send(*sources, encode(Kind.JOB, runner.encode_job(None, None, options,
+                                                                   self.pickle_protocol)))
         except link_errors():
             if self._stopping.is_set():
                 raise BootstrapError(self.host_name, "the cluster is shutting down") from None
@@ -367,39 +358,20 @@ class Worker:
     def _serve(self):
         """Read frames until the runner goes away; returns (why, whether to blame its task)."""
         reader = self._reader
-        sched = self.scheduler
+        handlers = self.HANDLERS
         proc = self.proc
+        assert proc is not None
         try:
             while True:
                 frame = reader.next()
                 if frame is None:
                     break
                 kind, payload = frame
-                if kind == Kind.RESULTS:
-                    try:
-                        record = pickle.loads(payload)
-                    except BaseException as exc:  # even SystemExit: that taskunit's error
-                        sched.on_undecodable(self, undecodable_head(payload), exc, "master")
-                        continue
-                    self.group.state.done += sched.on_results(self, record, len(payload))
-                    del record  # the values must not outlive their readers (weakrefs, memory)
-                elif kind == Kind.UNDECODABLE:
-                    batch_id, desc = pickle.loads(payload)
-                    sched.on_undecodable(self, (batch_id, 0), desc, self.host_name)
-                elif kind == Kind.LOG:
-                    self._log(payload)
-                elif kind == Kind.TIMEOUT:
-                    batch_id, index, elapsed = pickle.loads(payload)
-                    sched.on_timeout(self, batch_id, index, elapsed)
-                elif kind == Kind.MODULE_REQUEST:
-                    self._answer_module(payload.decode("utf-8", "replace"))
-                elif kind == Kind.FATAL:
-                    return f"runner failed: {payload.decode(errors='replace').strip()}", False
-                elif kind == Kind.SETUP_FAILED:
-                    what, text = pickle.loads(payload)
-                    self.group.setup_failed(BootstrapError(
-                        self.host_name, text.strip(), status=f"{what} failed"))
-                    return f"{what} failed", False
+                handler = handlers.get(kind)
+                if handler is not None:
+                    ended = handler(self, payload)
+                    if ended is not None:
+                        return ended
         except socket.timeout:
             return f"no word from the host for {format_seconds(DEAD_AFTER)}", False
         except link_errors() as exc:
@@ -423,15 +395,51 @@ class Worker:
             log.debug("%s: cannot forward module %s: %s", self.label, name, reason)
         else:
             log.debug("%s: forwarding module %s (%s)", self.label, name, record[2])
-        payload = pickle.dumps((name, record, reason), protocol=self.pickle_protocol)
+        payload = runner.encode_module(name, record, reason, self.pickle_protocol)
         with self.send_lock:
             self.proc.send(encode(Kind.MODULE, payload))
 
-    def _link_alive(self) -> bool:
-        return self.group.ssh is None or self.group.ssh.is_alive()
+    # -- frames from the runner: one handler per kind (runner.WIRE has the codecs) -----------
+    # A handler returns None to go on reading, or (why, blame) when the runner is done for.
+    # Kinds without a handler (PING: any frame proves the runner alive) are read and dropped.
+    def _on_module_request(self, payload: bytes) -> None:
+        self._answer_module(runner.decode_module_request(payload))
+        return None
 
-    def _log(self, payload: bytes) -> None:
-        batch_id, index, text = decode_log(payload)
+    def _on_results(self, payload: bytes) -> None:
+        try:
+            record = runner.decode_results(payload)
+        except BaseException as exc:  # even SystemExit: that taskunit's error
+            self.scheduler.on_undecodable(self, undecodable_head(payload), exc, "master")
+            return None
+        self.group.state.done += self.scheduler.on_results(self, record, len(payload))
+        del record  # the values must not outlive their readers (weakrefs, memory)
+        return None
+
+    def _on_undecodable(self, payload: bytes) -> None:
+        batch_id, desc = runner.decode_undecodable(payload)
+        self.scheduler.on_undecodable(self, (batch_id, 0), desc, self.host_name)
+        return None
+
+    def _on_timeout(self, payload: bytes) -> None:
+        batch_id, index, elapsed = runner.decode_timeout(payload)
+        self.scheduler.on_timeout(self, batch_id, index, elapsed)
+        return None
+
+    def _on_fatal(self, payload: bytes) -> Tuple[str, bool]:
+        return f"runner failed: {runner.decode_fatal(payload).strip()}", False
+
+    def _on_setup_failed(self, payload: bytes) -> Tuple[str, bool]:
+        what, text = runner.decode_setup_failed(payload)
+        self.group.setup_failed(BootstrapError(self.host_name, text.strip(),
+                                               status=f"{what} failed"))
+        return f"{what} failed", False
+
+    def _link_alive(self) -> bool:
+        return self.group.connection.is_alive()
+
+    def _on_log(self, payload: bytes) -> None:
+        batch_id, index, text = runner.decode_log(payload)
         if batch_id != self._output_batch:
             self._output_batch, self.output_bytes = batch_id, 0
         self.output_bytes += len(text)
@@ -441,6 +449,13 @@ class Worker:
             where += ", copy"   # a speculative copy's output: told apart from the original's
         for line in text.splitlines() or [""]:
             remote_log.info("[%s%s] %s", self.label, where, line)
+        return None
+
+    HANDLERS: Dict[int, Callable[["Worker", bytes], Optional[Tuple[str, bool]]]] = {
+        Kind.RESULTS: _on_results, Kind.LOG: _on_log, Kind.TIMEOUT: _on_timeout,
+        Kind.FATAL: _on_fatal, Kind.SETUP_FAILED: _on_setup_failed,
+        Kind.UNDECODABLE: _on_undecodable, Kind.MODULE_REQUEST: _on_module_request,
+    }
 
     def output_of(self, batch_id: int) -> int:
         """Characters of output the running batch `batch_id` has printed so far."""
@@ -474,21 +489,22 @@ class Worker:
                     if call.fn_id not in self.loaded:
                         options = {"task_timeout": call.policy.task_timeout,
                                    "setup": call.setup}
-                        parts += self._sources_for(call) + frame(Kind.JOB, pickle.dumps(
-                            (call.fn_id, call.fn_blob(self.pickle_protocol), options),
-                            protocol=self.pickle_protocol))
+                        parts += self._sources_for(call) + frame(Kind.JOB, runner.encode_job(
+                            call.fn_id, call.fn_blob(self.pickle_protocol), options,
+                            self.pickle_protocol))
                     # the data in a pickle of its own: a runner that cannot load it says which batch
-                    payload = pickle.dumps((batch.id, call.fn_id, len(batch.items), blob),
-                                           protocol=self.pickle_protocol)
+                    payload = runner.encode_tasks(batch.id, call.fn_id, len(batch.items), blob,
+                                                  self.pickle_protocol)
                     del blob
                     call.learn_sent(len(batch.items), len(payload))
-                    self.proc.send(*parts, *frame(Kind.TASKS, payload))
+                    self.proc.send(*parts, *frame(Kind.TASKS, payload))  # type: ignore[union-attr]
                     self.loaded.add(call.fn_id)
                     self.scheduler.recorder.batch_sent(self.label, self.host_name, batch,
                                                        len(payload))
                 except link_errors() + (AttributeError,) as exc:
                     log.debug("%s: send failed: %s", self.label, exc)
-                    self.proc.kill()  # the reader sees EOF and gives the batches back
+                    if self.proc is not None:
+                        self.proc.kill()  # the reader sees EOF and gives the batches back
                     return gave_back
 
     def _forget_frames(self) -> tuple:
@@ -498,7 +514,7 @@ class Worker:
             fn_id = self.to_forget.pop()
             if fn_id in self.loaded:
                 self.loaded.discard(fn_id)
-                parts += frame(Kind.JOB, pickle.dumps((fn_id, None, {}), protocol=self.pickle_protocol))
+                parts += frame(Kind.JOB, runner.encode_job(fn_id, None, {}, self.pickle_protocol))
         return parts
 
     def _sources_for(self, call: Any) -> tuple:
@@ -510,13 +526,14 @@ class Worker:
         if not new:
             return ()
         self.shipped.update((r[0], r[2]) for r in new)
-        return frame(Kind.SOURCES, zlib.compress(pickle.dumps(new, protocol=self.pickle_protocol), 1))
+        return frame(Kind.SOURCES, runner.encode_sources(new, self.pickle_protocol))
 
     def ping(self) -> None:
         if not self.accepting or not self.send_lock.acquire(timeout=0.1):
             return
         try:
-            self.proc.send(*self._forget_frames(), encode(Kind.PING, b""))
+            self.proc.send(*self._forget_frames(),  # type: ignore[union-attr]
+                           encode(Kind.PING, runner.encode_empty()))
         except link_errors() + (AttributeError,):
             pass
         finally:
@@ -545,16 +562,15 @@ def _python_version() -> str:
     return ".".join(map(str, sys.version_info[:3]))
 
 
-def await_hello(host: Host, proc: Any, reader: FrameReader) -> dict:
+def await_hello(host: Host, proc: RunnerProcess, reader: FrameReader) -> dict:
     """Wait for a fresh runner's HELLO and check it; a HostError says what went wrong."""
-    if hasattr(proc, "set_timeout"):  # SSH: a silent host must not hang the boot
-        proc.set_timeout(BOOT_TIMEOUT)
+    proc.set_timeout(BOOT_TIMEOUT)  # a silent host must not hang the boot
     try:
         frame = reader.next()
     except socket.timeout:
         proc.kill()
         raise BootstrapError(host.name, f"the runner did not say hello within {format_seconds(BOOT_TIMEOUT)}",
-                             status="timeout") from None
+                             status=HostStatus.TIMEOUT) from None
     except link_errors():
         frame = None
     if frame is None or frame[0] != Kind.HELLO:
@@ -575,9 +591,8 @@ def await_hello(host: Host, proc: Any, reader: FrameReader) -> dict:
         proc.kill()
         raise BootstrapError(host.name, f"Python {'.'.join(map(str, version))} on the host is too "
                              f"old; antnest needs {'.'.join(map(str, MIN_PYTHON))}+ (set `python:` "
-                             "in the inventory to a newer interpreter)", status="python too old")
-    if hasattr(proc, "set_timeout"):
-        proc.set_timeout(DEAD_AFTER)
+                             "in the inventory to a newer interpreter)", status=HostStatus.PYTHON_TOO_OLD)
+    proc.set_timeout(DEAD_AFTER)
     return hello
 
 
@@ -619,15 +634,15 @@ def hello_problem(hello: dict) -> Optional[str]:
     return None
 
 
-def _boot_error(host: Host, proc: Any) -> HostError:
+def _boot_error(host: Host, proc: RunnerProcess) -> HostError:
     detail = proc.diagnose()
     proc.kill()
     if "exit status 127" in detail or "not found" in detail:
         return BootstrapError(host.name, f"no Python interpreter {host.python!r} on the host "
                               f"({detail}); install python3 or set `python:` in the inventory",
-                              status="no python")
+                              status=HostStatus.NO_PYTHON)
     if "SyntaxError" in detail or "has no attribute 'buffer'" in detail:
         return BootstrapError(host.name, f"{host.python!r} on the host is too old (antnest needs "
                               f"Python {'.'.join(map(str, MIN_PYTHON))}+): {detail}",
-                              status="python too old")
+                              status=HostStatus.PYTHON_TOO_OLD)
     return BootstrapError(host.name, f"the runner failed to start: {detail}")

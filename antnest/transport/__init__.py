@@ -1,22 +1,42 @@
-"""How a runner process is started and talked to: local subprocesses or SSH exec channels.
+"""The transport seam: how a host is reached and a runner process started and talked to.
 
-Both hand the scheduler a `RunnerProcess`: bytes in, bytes out, close, kill, and what the
-process said on its real stderr when it died.
+A `Connection` is one host's link (connect, open a runner, alive?, close); each runner it opens
+is a `RunnerProcess` (bytes in, bytes out, a receive timeout, close, kill, and what the process
+said on its real stderr when it died). `Host.transport` names the connection in `TRANSPORTS`:
+
+    "local"  antnest.transport.local   runners as subprocesses of the master
+    "ssh"    antnest.transport.ssh     paramiko: one connection per host, an exec channel per runner
+             antnest.transport.openssh the ssh binary: one ControlMaster per host (Host.ssh_client)
+
+Adding a transport is one module with a function `(host, options) -> Connection` plus its
+"module:function" line in `TRANSPORTS`; nothing else branches on the transport ("ssh" picks
+its client in `ssh_connection`). Modules load only when a host uses them (paramiko and fabric
+stay out of local runs).
 """
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Tuple, Type
+from typing import Dict, List, Optional, Protocol, Tuple, Type
 
-if TYPE_CHECKING:
-    from antnest.host import Host
+from antnest.host import Host, HostStatus
+
+TRANSPORTS: Dict[str, str] = {  # Host.transport -> "module:function" returning its Connection
+    "local": "antnest.transport.local:open_connection",
+    "ssh": "antnest.transport:ssh_connection",  # paramiko or openssh, by Host.ssh_client
+}
 
 
 class RunnerProcess(Protocol):
+    """One runner: the frames of runner.py travel over send()/recv()."""
+
     label: str
+
+    def set_timeout(self, seconds: Optional[float]) -> None:
+        """recv() raises socket.timeout after this long without a byte; None waits forever."""
 
     def send(self, *chunks: bytes) -> None:
         """Write every chunk to the runner's stdin, in order (blocks while the pipe or window
@@ -33,6 +53,41 @@ class RunnerProcess(Protocol):
 
     def diagnose(self) -> str:
         """After EOF: exit status and the tail of stderr, for error messages."""
+
+
+class Connection(Protocol):
+    """One host's link; every runner slot of the host shares it."""
+
+    address: str  # where, for tables and logs: "local", "10.0.0.1:22"
+
+    def connect(self) -> None:
+        """Establish the link (again, after is_alive() went False); raises a HostError saying
+        why it cannot."""
+
+    def open_runner(self, label: str) -> RunnerProcess:
+        """Start one runner (booted by bootstrap.py) on the host; raises a HostError."""
+
+    def is_alive(self) -> bool:
+        """False once the link is gone: runners cannot be opened, and a runner that just
+        ended was not the task's fault."""
+
+    def close(self) -> None:
+        """Drop the link; runners still open on it end."""
+
+
+def open_connection(host: Host, options: "SshOptions") -> "Connection":
+    """The connection `host.transport` names (not connected yet); its module loads now."""
+    try:
+        module = TRANSPORTS[host.transport]
+    except KeyError:
+        from antnest.errors import ConnectError
+
+        raise ConnectError(host.name, f"unknown transport {host.transport!r} (known: "
+                           f"{', '.join(sorted(TRANSPORTS))})", status=HostStatus.ERROR) from None
+    module_name, _, function = module.partition(":")
+    factory = getattr(importlib.import_module(module_name), function)
+    connection: Connection = factory(host, options)
+    return connection
 
 
 @dataclass(frozen=True)
@@ -71,7 +126,7 @@ def ssh_client_for(host: "Host", options: SshOptions) -> str:
     return client
 
 
-def ssh_connection(host: "Host", options: SshOptions) -> Any:
+def ssh_connection(host: Host, options: "SshOptions") -> "Connection":
     """The connection object of the chosen client (both: connect, open_runner, is_alive,
     close). paramiko and fabric load only when a host uses them."""
     if ssh_client_for(host, options) == "openssh":

@@ -16,7 +16,7 @@ import paramiko
 from paramiko.hostkeys import HostKeyEntry
 
 from antnest.errors import HostKeyError
-from antnest.host import Host
+from antnest.host import Host, HostStatus
 from antnest.inventory.ssh_options import (
     DEFAULT_GLOBAL_KNOWN_HOSTS, DEFAULT_USER_KNOWN_HOSTS, _pattern_list
 )
@@ -54,7 +54,7 @@ def policy(host: Host, accept_new: bool, allow_unchecked: bool) -> str:
                 "ssh_config sets StrictHostKeyChecking no for this host: antnest does not "
                 "connect without checking the host key (anyone on the path could read and "
                 "change the job); use accept-new, or rerun with --allow-unchecked-host-keys",
-                status="host key unchecked")
+                status=HostStatus.HOST_KEY_UNCHECKED)
         return "no"
     if accept_new or host.host_key_checking == "accept-new":
         return "accept-new"
@@ -90,7 +90,7 @@ class KnownHosts:
                     host.name,
                     f"host key for {hostname} ({key.get_name()} {fingerprint(key)}) is marked "
                     f"@revoked in {where}: refusing to connect, as ssh does",
-                    status="host key revoked")
+                    status=HostStatus.HOST_KEY_REVOKED)
 
 
 _lock = threading.Lock()
@@ -106,7 +106,7 @@ def load(host: Host, extra: Tuple[str, ...]) -> KnownHosts:
         stamp = tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in files)
     except OSError as exc:
         raise HostKeyError(host.name, f"cannot read known_hosts file {exc.filename}: "
-                           f"{exc.strerror}", status="host key unknown") from None
+                           f"{exc.strerror}", status=HostStatus.HOST_KEY_UNKNOWN) from None
     with _lock:
         found = _cache.get(stamp)
         if found is None:
@@ -125,7 +125,7 @@ def _read(path: str, into: KnownHosts, host: Host) -> None:
             lines = f.read().splitlines()
     except OSError as exc:
         raise HostKeyError(host.name, f"cannot read known_hosts file {path}: "
-                           f"{exc.strerror or exc}", status="host key unknown") from None
+                           f"{exc.strerror or exc}", status=HostStatus.HOST_KEY_UNKNOWN) from None
     for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):

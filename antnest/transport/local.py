@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import collections
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -11,7 +13,34 @@ from typing import Optional
 
 from antnest import bootstrap
 from antnest.errors import BootstrapError
-from antnest.transport import describe_exit
+from antnest.host import Host, HostStatus
+from antnest.transport import SshOptions, describe_exit
+
+
+class LocalConnection:
+    """No link at all: the master starts its runners itself, so it is always alive."""
+
+    address = "local"
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self._python = host.python if host.python != "python3" else None  # default: this Python
+
+    def connect(self) -> None:
+        pass
+
+    def open_runner(self, label: str) -> "LocalProcess":
+        return LocalProcess(label, self._python)
+
+    def is_alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def open_connection(host: Host, options: SshOptions) -> LocalConnection:
+    return LocalConnection(host)
 
 
 KILL_GRACE = 1.0   # seconds a runner gets to stop its descendants after stdin closes
@@ -34,7 +63,7 @@ class LocalProcess:
             )
         except OSError as exc:
             raise BootstrapError(label, f"cannot start the interpreter {interpreter!r}: "
-                                 f"{exc.strerror or exc}", status="no python") from None
+                                 f"{exc.strerror or exc}", status=HostStatus.NO_PYTHON) from None
         self.pid = self._proc.pid
         assert self._proc.stdin and self._proc.stdout and self._proc.stderr  # PIPE, all three
         # Raw fd numbers are only used while their pipe is open: a closed fd's number is soon
@@ -43,6 +72,7 @@ class LocalProcess:
         self._stdin: Optional[int] = self._proc.stdin.fileno()
         self._stdout: Optional[int] = self._proc.stdout.fileno()
         self._send_lock = threading.Lock()
+        self._timeout: Optional[float] = None
         self._stderr_tail: collections.deque = collections.deque(maxlen=64)
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         self.send(bootstrap.stage2())
@@ -67,10 +97,18 @@ class LocalProcess:
                 while view:
                     view = view[os.write(self._stdin, view):]
 
+    def set_timeout(self, seconds: Optional[float]) -> None:
+        self._timeout = seconds
+
     def recv(self, size: int) -> bytes:
-        """Called by one reader thread; b'' at EOF (and the pipe is closed then)."""
+        """Called by one reader thread; b'' at EOF (and the pipe is closed then). With a
+        timeout set, socket.timeout after that long without a byte, as an SSH channel does."""
         if self._stdout is None:
             return b""
+        if self._timeout is not None:
+            ready, _, _ = select.select([self._stdout], [], [], self._timeout)
+            if not ready:
+                raise socket.timeout(f"no output for {self._timeout:g} s")
         data = os.read(self._stdout, size)
         if not data:
             self._stdout = None

@@ -327,6 +327,7 @@ class OpenSshConnection:
 
     def __init__(self, host: Host, options: SshOptions) -> None:
         self.host = host
+        self.address = f"{host.address}:{host.port}"  # for tables and logs (Connection)
         self.options = options
         self._master: Optional["subprocess.Popen[bytes]"] = None
         self._socket: Optional[str] = None

@@ -24,7 +24,7 @@ from fabric import Config, Connection
 
 from antnest import bootstrap
 from antnest.errors import AuthError, ConnectError, HostError, HostKeyError, format_seconds
-from antnest.host import Host
+from antnest.host import Host, HostStatus
 from antnest.limits import FD_ERRNOS, fd_limit_advice
 from antnest.transport import SshOptions, describe_exit, known_hosts
 from antnest.transport.handshakes import handshakes
@@ -78,7 +78,7 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 f"host key for {hostname} is not known ({key.get_name()} {fingerprint(key)}); "
                 f"check it, then add it to {where} (for example with ssh-keyscan) "
                 "or rerun with --accept-new-host-keys",
-                status="host key unknown",
+                status=HostStatus.HOST_KEY_UNKNOWN,
             )
         with _record_lock:
             os.makedirs(os.path.dirname(where) or ".", mode=0o700, exist_ok=True)
@@ -89,11 +89,16 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                     fingerprint(key), where)
 
 
+def open_connection(host: Host, options: SshOptions) -> "SshConnection":
+    return SshConnection(host, options)
+
+
 class SshConnection:
     """The connection to one host; runners are exec channels on it."""
 
     def __init__(self, host: Host, options: SshOptions) -> None:
         self.host = host
+        self.address = f"{host.address}:{host.port}"
         self.options = options
         self._conn: Optional[Connection] = None
         self._lock = threading.Lock()
@@ -122,11 +127,11 @@ class SshConnection:
                         # a host that accepts TCP and then says nothing: no second wait
                         raise ConnectError(self.host.name, f"{exc}: no SSH greeting within "
                                            f"the connect timeout ({format_seconds(timeout)})",
-                                           status="timeout") from None
+                                           status=HostStatus.TIMEOUT) from None
                     pause = delay * (1 + random.random())
                     if attempt == HANDSHAKE_TRIES or time.monotonic() + pause >= deadline:
                         raise ConnectError(self.host.name, f"{exc} (after {attempt} attempts)",
-                                           status="handshake failed") from None
+                                           status=HostStatus.HANDSHAKE_FAILED) from None
                     time.sleep(pause)
                     delay *= 2
 
@@ -202,7 +207,7 @@ class SshConnection:
                 f"reinstalled, remove the old line from "
                 f"{known_hosts.writable(host, self.options.known_hosts)} "
                 f"(ssh-keygen -R '{known_hosts_name(host.address, host.port)}')",
-                status="host key changed",
+                status=HostStatus.HOST_KEY_CHANGED,
             ) from None
         except paramiko.PasswordRequiredException as exc:
             raise AuthError(host.name, f"a private key is encrypted and there is no prompt in "
@@ -212,19 +217,19 @@ class SshConnection:
                             f"{_offered_keys(host)} ({exc})") from None
         except socket.gaierror as exc:
             raise ConnectError(host.name, f"cannot resolve {host.address!r}: {exc.strerror}",
-                               status="unreachable") from None
+                               status=HostStatus.UNREACHABLE) from None
         except paramiko.ssh_exception.NoValidConnectionsError as exc:
             refused = all(getattr(e, "errno", None) == 111 for e in exc.errors.values())
             raise ConnectError(host.name, f"cannot connect to {host.address} port {host.port}: "
                                f"{'connection refused' if refused else exc}",
-                               status="refused" if refused else "unreachable") from None
+                               status=HostStatus.REFUSED if refused else HostStatus.UNREACHABLE) from None
         except (socket.timeout, TimeoutError) as exc:
             raise ConnectError(host.name, f"no answer from {host.address} port {host.port} "
                                f"within the connect timeout ({exc or 'timed out'})",
-                               status="timeout") from None
+                               status=HostStatus.TIMEOUT) from None
         except ConnectionRefusedError:
             raise ConnectError(host.name, f"connection refused by {host.address} port "
-                               f"{host.port}", status="refused") from None
+                               f"{host.port}", status=HostStatus.REFUSED) from None
         except paramiko.SSHException as exc:
             if "authentication methods" in str(exc):  # no key at all to offer
                 raise AuthError(host.name, f"authentication failed for user {user!r}: "
@@ -239,9 +244,9 @@ class SshConnection:
             if exc.errno in FD_ERRNOS:   # a local limit, not the host: say what to raise
                 raise ConnectError(host.name, f"cannot connect to {host.address} port "
                                    f"{host.port}: out of file descriptors here; "
-                                   f"{fd_limit_advice()}", status="unreachable") from None
+                                   f"{fd_limit_advice()}", status=HostStatus.UNREACHABLE) from None
             raise ConnectError(host.name, f"cannot connect to {host.address} port {host.port}: "
-                               f"{exc.strerror or exc}", status="unreachable") from None
+                               f"{exc.strerror or exc}", status=HostStatus.UNREACHABLE) from None
         interval = host.server_alive_interval or self.options.keepalive
         if interval:
             conn.transport.set_keepalive(int(max(1, interval)))
@@ -261,7 +266,7 @@ class SshConnection:
             )
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(self.host.name, f"cannot open a session channel: {exc}",
-                               status="unreachable") from None
+                               status=HostStatus.UNREACHABLE) from None
         return SshProcess(label, channel, self.host.python)
 
     def open_command(self, command: str) -> paramiko.Channel:
@@ -276,7 +281,7 @@ class SshConnection:
             channel.shutdown_write()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(self.host.name, f"cannot run a command: {exc}",
-                               status="unreachable") from None
+                               status=HostStatus.UNREACHABLE) from None
         return channel
 
     def close(self) -> None:

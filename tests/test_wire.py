@@ -1,0 +1,123 @@
+"""The wire is defined once (runner.WIRE) and the transports behind one seam (transport.TRANSPORTS).
+No processes: codecs round-trip, every kind has a codec and a handler, names are shared."""
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+from antnest import runner
+from antnest.errors import AuthError, BootstrapError, ConnectError, HostError, HostKeyError
+from antnest.host import Host, HostStatus, State
+from antnest.runner import WIRE, Kind
+from antnest.transport import TRANSPORTS, open_connection, SshOptions
+from antnest.transport.local import LocalConnection
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+SAMPLES = {
+    Kind.HELLO: ({"magic": "ANTNEST1", "python": [3, 11, 2], "cpus": 4},),
+    Kind.JOB: (7, b"blob", {"task_timeout": 1.5}),
+    Kind.TASKS: (3, 7, 4, runner.encode_items([1, "two", b"three", None])),
+    Kind.UNDECODABLE: (3, (None, "builtins.ModuleNotFoundError", "no module x", "tb")),
+    Kind.RESULTS: (3, 2, [4, None], {3: (None, "builtins.ValueError", "bad", "tb")}, 0.25),
+    Kind.LOG: (3, 1, "ünïcode line"),
+    Kind.TIMEOUT: (3, 0, 12.5),
+    Kind.FATAL: ("Traceback ...\nRuntimeError: broken",),
+    Kind.SETUP_FAILED: ("the initializer", "Traceback ...\nValueError: no"),
+    Kind.PING: (),
+    Kind.BYE: (),
+}
+
+
+def test_every_kind_has_one_codec_pair() -> None:
+    assert set(WIRE) == set(Kind.all().values())
+    assert set(SAMPLES) == set(WIRE)
+
+
+@pytest.mark.parametrize("kind", sorted(SAMPLES), ids=lambda k: Kind.name(k))
+def test_codecs_round_trip(kind: int) -> None:
+    encode, decode = WIRE[kind]
+    args = SAMPLES[kind]
+    payload = encode(*args)
+    assert isinstance(payload, bytes)
+    decoded = decode(payload)
+    if not args:
+        assert decoded is None and payload == b""
+    elif len(args) == 1:
+        assert decoded == args[0]
+    else:
+        assert decoded == args
+    # and through a frame and the reader, as on a real stream
+    data = runner.encode(kind, payload)
+    reader = runner.FrameReader(_chunks(data))
+    assert reader.next() == (kind, payload)
+
+
+def _chunks(data: bytes):
+    parts = [data[i:i + 3] for i in range(0, len(data), 3)]
+
+    def read(_n: int) -> bytes:
+        return parts.pop(0) if parts else b""
+    return read
+
+
+def test_results_fall_back_to_cloudpickle_then_to_an_error() -> None:
+    made_here = lambda x: x  # noqa: E731 - the stdlib pickle refuses a lambda
+    payload = runner.encode_results(1, 0, [made_here], {}, 0.0)
+    batch_id, offset, values, errors, elapsed = runner.decode_results(payload)
+    assert values[0](5) == 5 and errors == {}
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise TypeError("not this one")
+
+    payload = runner.encode_results(1, 4, [1, Unpicklable()], {}, 0.0)
+    batch_id, offset, values, errors, elapsed = runner.decode_results(payload)
+    assert values == [1, None]
+    assert set(errors) == {5} and errors[5][1:3] == ("builtins.TypeError", "not this one")
+
+
+def test_hello_decoder_refuses_anything_but_literals() -> None:
+    assert runner.decode_hello(b"__import__('os').system('true')") is None
+    assert runner.decode_hello(b"[1, 2]") is None
+
+
+def test_runner_handles_exactly_job_and_tasks() -> None:
+    """The runner's main thread table; PING and BYE stop at its reader thread."""
+    handlers = runner._Runner(0, None, runner._Current()).handlers
+    assert set(handlers) == {Kind.JOB, Kind.TASKS}
+
+
+def test_master_handles_every_runner_to_master_kind() -> None:
+    from antnest.worker import Worker
+
+    assert {Kind.name(k) for k in Worker.HANDLERS} == {"RESULTS", "LOG", "TIMEOUT", "FATAL",
+                                                          "SETUP_FAILED", "UNDECODABLE"}
+
+
+def test_every_transport_is_one_module_with_open_connection() -> None:
+    assert set(TRANSPORTS) >= {"local", "ssh"}
+    for name, module in TRANSPORTS.items():
+        assert callable(importlib.import_module(module).open_connection), name
+
+
+def test_local_connection_is_always_alive_and_named_local() -> None:
+    conn = open_connection(Host(name="here", address="localhost", transport="local"), SshOptions())
+    assert isinstance(conn, LocalConnection)
+    assert conn.is_alive() and conn.address == "local"
+
+
+def test_unknown_transport_is_a_host_error_naming_it() -> None:
+    with pytest.raises(ConnectError, match="unknown transport 'carrier-pigeon'"):
+        open_connection(Host(name="h", address="h", transport="carrier-pigeon"), SshOptions())
+
+
+def test_statuses_are_one_list_shared_by_errors_and_readme() -> None:
+    for cls in (HostError, ConnectError, AuthError, HostKeyError, BootstrapError):
+        assert cls.status in HostStatus.all(), cls
+    text = README.read_text()
+    start = text.index("Statuses: `ok`")
+    listed = re.findall(r"`([a-z ]+)`", text[start:text.index("\n\n", start)])
+    assert listed[:len(HostStatus.all())] == HostStatus.all()
+    assert set(State.all()) <= set(listed)
