@@ -69,6 +69,7 @@ class HostGroup:
         self.error: Optional[HostError] = None
         self.last_loss: Optional[str] = None
         self.setup_error: Optional[HostError] = None  # a bad workdir, a raising initializer
+        self.link_epoch = 0  # +1 per reconnect: a runner from an older link lost it, not its task
 
     def cluster_forward(self) -> Any:
         """The cluster's forward_modules: True, False, or the package names to forward."""
@@ -123,6 +124,7 @@ class HostGroup:
                     if not reconnecting:
                         self.error = exc
                     raise
+                self.link_epoch += 1
                 if reconnecting:
                     self.state.state = State.CONNECTED
                     log.info("host %s: reconnected", self.name)
@@ -187,6 +189,7 @@ class Worker:
         self._counted = False
         self._output_batch: Optional[int] = None   # the batch whose output output_bytes counts
         self.output_bytes = 0
+        self._epoch = 0
 
     def start(self, counted: bool = False) -> None:
         self._counted = counted
@@ -326,6 +329,7 @@ class Worker:
         recorder = self.scheduler.recorder
         recorder.runner_booting(self.label, self.host_name)
         proc = self.group.start_runner(self.label)
+        self._epoch = self.group.link_epoch
         self.proc = proc
         if self._stopping.is_set():  # stop() ran while we booted: it could not see this proc
             proc.kill()
@@ -436,7 +440,8 @@ class Worker:
         return f"{what} failed", False
 
     def _link_alive(self) -> bool:
-        return self.group.connection.is_alive()
+        """The link this runner ran on is still up (another slot may have reconnected already)."""
+        return self.group.connection.is_alive() and self.group.link_epoch == self._epoch
 
     def _on_log(self, payload: bytes) -> None:
         batch_id, index, text = runner.decode_log(payload)

@@ -7,6 +7,7 @@ said on its real stderr when it died). `Host.transport` names the connection in 
     "local"  antnest.transport.local   runners as subprocesses of the master
     "ssh"    antnest.transport.ssh     paramiko: one connection per host, an exec channel per runner
              antnest.transport.openssh the ssh binary: one ControlMaster per host (Host.ssh_client)
+    "memory" antnest.transport.memory  scripted runners inside the master (fast core tests)
 
 Adding a transport is one module with a function `(host, options) -> Connection` plus its
 "module:function" line in `TRANSPORTS`; nothing else branches on the transport ("ssh" picks
@@ -27,6 +28,7 @@ from antnest.host import Host, HostStatus
 TRANSPORTS: Dict[str, str] = {  # Host.transport -> "module:function" returning its Connection
     "local": "antnest.transport.local:open_connection",
     "ssh": "antnest.transport:ssh_connection",  # paramiko or openssh, by Host.ssh_client
+    "memory": "antnest.transport.memory:open_connection",  # scripted runners, for tests
 }
 
 
