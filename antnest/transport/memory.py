@@ -210,7 +210,11 @@ class MemoryProcess:
             fn_id, blob, options = runner.decode_job(payload)
             self.task_timeout = options.get("task_timeout")
             if fn_id is not None:
-                self._functions[fn_id] = pickle.loads(blob)
+                loaded = pickle.loads(blob)
+                if options.get("setup"):  # (processor, setup, args), as the real runner gets it
+                    loaded, setup, args = loaded
+                    setup(*args)
+                self._functions[fn_id] = loaded
         elif kind == Kind.TASKS:
             batch_id, fn_id, items = runner.decode_tasks(payload)
             self._queue.append((batch_id, fn_id, items, 0))
