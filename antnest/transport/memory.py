@@ -216,7 +216,13 @@ class MemoryProcess:
                     setup(*args)
                 self._functions[fn_id] = loaded
         elif kind == Kind.TASKS:
-            batch_id, fn_id, items = runner.decode_tasks(payload)
+            batch_id, fn_id, _count, blob = runner.decode_tasks(payload)
+            try:
+                items = runner.decode_items(blob)
+            except BaseException as exc:  # as the real runner: that batch's error
+                self._emit(Kind.UNDECODABLE, runner.encode_undecodable(
+                    batch_id, runner._describe_error(exc)))
+                return
             self._queue.append((batch_id, fn_id, items, 0))
             self._run_queue()
         elif kind == Kind.BYE:
