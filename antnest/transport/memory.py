@@ -209,7 +209,9 @@ class MemoryProcess:
         if kind == Kind.JOB:
             fn_id, blob, options = runner.decode_job(payload)
             self.task_timeout = options.get("task_timeout")
-            if fn_id is not None:
+            if fn_id is not None and blob is None:  # its call ended: forget it
+                self._functions.pop(fn_id, None)
+            elif fn_id is not None:
                 loaded = pickle.loads(blob)
                 if options.get("setup"):  # (processor, setup, args), as the real runner gets it
                     loaded, setup, args = loaded
