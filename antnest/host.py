@@ -40,7 +40,6 @@ class HostStatus:
     HOST_KEY_UNCHECKED = "host key unchecked"
     NO_PYTHON = "no python"
     PYTHON_TOO_OLD = "python too old"
-    PYTHON_MISMATCH = "python mismatch"
     HANDSHAKE_FAILED = "handshake failed"
     BOOTSTRAP_FAILED = "bootstrap failed"
     ERROR = "error"            # anything else (a bug): the detail says what

@@ -401,7 +401,7 @@ class Worker:
             log.debug("%s: forwarding module %s (%s)", self.label, name, record[2])
         payload = runner.encode_module(name, record, reason, self.pickle_protocol)
         with self.send_lock:
-            self.proc.send(encode(Kind.MODULE, payload))
+            self.proc.send(encode(Kind.MODULE, payload))  # type: ignore[union-attr]
 
     # -- frames from the runner: one handler per kind (runner.WIRE has the codecs) -----------
     # A handler returns None to go on reading, or (why, blame) when the runner is done for.

@@ -329,8 +329,8 @@ def test_every_result_exactly_once_under_any_losses(
         hosts: int, procs: int, count: int, faults: Dict[int, Tuple[str, int]],
         speculate: bool, unordered: bool) -> None:
     """A fault strikes the first time an item reaches the chosen host (a retry covers RAISE);
-    whatever the mix, each result arrives once, and nothing that finished is run again unless
-    speculation copied it."""
+    whatever the mix, each result arrives once, and nothing whose result came home is run again
+    unless speculation copied it."""
     def condition(host: str, item: Any, proc: Any) -> str:
         fault = faults.get(item)
         if fault is None or host != f"m{fault[1] % hosts}":
@@ -346,7 +346,8 @@ def test_every_result_exactly_once_under_any_losses(
     finally:
         fleet.close()
     assert got == [x * x for x in range(count)]
-    if not speculate:
+    # A dropped link may cut a result already computed on the way home: that one runs again.
+    if not speculate and not any(fault == DROP_LINK for fault, _ in faults.values()):
         runs = fleet.runs()
         again = {i for i, n in runs.items() if n > 1}
         assert again <= {i for i, (fault, _) in faults.items() if fault == RAISE}, again

@@ -25,6 +25,9 @@ SAMPLES = {
     Kind.TIMEOUT: (3, 0, 12.5),
     Kind.FATAL: ("Traceback ...\nRuntimeError: broken",),
     Kind.SETUP_FAILED: ("the initializer", "Traceback ...\nValueError: no"),
+    Kind.SOURCES: ([("jobmod", "X = 1\n")],),
+    Kind.MODULE_REQUEST: ("helpers.text",),
+    Kind.MODULE: ("helpers.text", (False, "Y = 2\n", "source"), None),
     Kind.PING: (),
     Kind.BYE: (),
 }
@@ -83,17 +86,18 @@ def test_hello_decoder_refuses_anything_but_literals() -> None:
     assert runner.decode_hello(b"[1, 2]") is None
 
 
-def test_runner_handles_exactly_job_and_tasks() -> None:
-    """The runner's main thread table; PING and BYE stop at its reader thread."""
-    handlers = runner._Runner(0, None, runner._Current()).handlers
-    assert set(handlers) == {Kind.JOB, Kind.TASKS}
+def test_runner_handles_job_tasks_and_sources() -> None:
+    """The runner's main thread table; PING, BYE and MODULE stop at its reader thread."""
+    handlers = runner._Runner(0, None, runner._Current(), None).handlers
+    assert set(handlers) == {Kind.JOB, Kind.TASKS, Kind.SOURCES}
 
 
 def test_master_handles_every_runner_to_master_kind() -> None:
     from antnest.worker import Worker
 
     assert {Kind.name(k) for k in Worker.HANDLERS} == {"RESULTS", "LOG", "TIMEOUT", "FATAL",
-                                                          "SETUP_FAILED", "UNDECODABLE"}
+                                                          "SETUP_FAILED", "UNDECODABLE",
+                                                          "MODULE_REQUEST"}
 
 
 def test_every_transport_is_one_module_with_open_connection() -> None:

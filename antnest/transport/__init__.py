@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Protocol, Tuple, Type
+from typing import Any, Dict, List, Optional, Protocol, Tuple, Type
 
 from antnest.host import Host, HostStatus
 
@@ -128,7 +128,7 @@ def ssh_client_for(host: "Host", options: SshOptions) -> str:
     return client
 
 
-def ssh_connection(host: Host, options: "SshOptions") -> "Connection":
+def ssh_connection(host: Host, options: "SshOptions") -> Any:
     """The connection object of the chosen client (both: connect, open_runner, is_alive,
     close). paramiko and fabric load only when a host uses them."""
     if ssh_client_for(host, options) == "openssh":
