@@ -223,9 +223,13 @@ class Call:
         self.fn_id = next(_ids)
         # A job's setup() travels in the same pickle as its processor: they share globals.
         self.setup = setup is not None
-        self.fn = fn if setup is None else (fn, setup, ())
+        travels = fn if setup is None else (fn, setup, ())
         self.sources = codeship.local_sources()   # shipped to each runner before the first JOB
-        self._blobs = {5: codeship.dumps_function(self.fn, 5)}  # fails here when fn cannot travel
+        # Pickled now at both protocols a host may read (3.6 and 3.7 stop at 4), and fn is not
+        # kept: a call must not hold the submitted callable (and what a bound method's object
+        # holds) alive after its futures are gone. Fails here when fn cannot travel.
+        self._blobs = {protocol: codeship.dumps_function(travels, protocol)
+                       for protocol in (5, 4)}
         self.name = name or getattr(fn, "__qualname__", repr(fn))
         self._input: Optional[Iterator] = iter(items)
         self._feeder: Optional[_Feeder] = None
@@ -264,10 +268,7 @@ class Call:
 
     def fn_blob(self, protocol: int) -> bytes:
         """The function pickled at a protocol the host reads (3.6 and 3.7 stop at 4)."""
-        blob = self._blobs.get(protocol)
-        if blob is None:
-            blob = self._blobs[protocol] = codeship.dumps_function(self.fn, protocol)
-        return blob
+        return self._blobs[min(5, max(4, protocol))]
 
     def median_batch_seconds(self) -> float:
         if len(self.durations) < 3:
