@@ -16,7 +16,7 @@ setup(
         "PyYAML>=6.0",
         "tqdm>=4.60",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-mock>=3.10", "pytest-timeout>=2.1", "mypy>=1.0",
+    extras_require={"test": ["pytest>=7", "pytest-mock>=3.10", "pytest-timeout>=2.1", "hypothesis>=6.0", "mypy>=1.0",
                              "types-PyYAML", "ansible-core>=2.19; python_version >= '3.11'"]},
     entry_points={"console_scripts": ["antnest = antnest.cli:main"]},
 )

@@ -214,3 +214,36 @@ def test_large_inventories_resolve_without_a_process_per_host(tmp_path: Path, mo
     hosts = load_hosts(host_list=",".join(f"alias{i}" for i in range(300)), ssh_config=config)
     assert spawned.call_count == 0
     assert hosts[299].address == "10.1.1.49"
+
+
+def test_building_connections_never_writes_the_shared_fabric_config() -> None:
+    """Not only construction against construction: a Connection being opened reads the shared
+    Config (authentication, timeouts) while others are built, so building must not store."""
+    from antnest.transport.ssh import _fabric_config, new_connection
+
+    config = _fabric_config()
+    before = dict(config._config)
+    stop = threading.Event()
+    problems: List[str] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                config.authentication
+                config.timeouts.connect
+            except AttributeError as exc:
+                problems.append(repr(exc))
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for t in readers:
+        t.start()
+    try:
+        for _ in range(400):
+            new_connection("127.0.0.1", user="nobody", port=22,
+                           connect_kwargs={"key_filename": []})
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(timeout=30)
+    assert problems == []
+    assert dict(config._config) == before

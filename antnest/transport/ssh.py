@@ -362,19 +362,23 @@ _shared_lock = threading.Lock()
 _config: List[Config] = []
 
 
-_construct_lock = threading.Lock()
+class _Connection(Connection):
+    """fabric's Connection that never writes into its (shared) Config.
+
+    invoke turns every attribute set on a Connection that is not a real attribute into a
+    Config update, and each update rebuilds the Config's data from empty: a thread reading the
+    shared Config at that moment (another host constructing or opening its Connection) found no
+    keys at all (``No attribute or config key found for 'authentication'``). Construction sets
+    exactly one such attribute, ``inline_ssh_env``; as a real attribute here it stays on the
+    Connection, so the shared Config is only ever read.
+    """
+
+    inline_ssh_env = None
 
 
 def new_connection(address: str, **kwargs: Any) -> Connection:
-    """A fabric Connection on the shared Config, built under a lock.
-
-    Constructing a Connection stores ``inline_ssh_env`` into its Config, and invoke rebuilds a
-    Config's data from empty on every store: another thread constructing a Connection on the
-    same Config at that moment reads no keys at all (``No attribute or config key found for
-    'connect_kwargs'``). Construction does no I/O, so serialising it costs nothing measurable.
-    """
-    with _construct_lock:
-        return Connection(address, config=_fabric_config(), **kwargs)
+    """A fabric Connection on the one shared Config (see ``_Connection``)."""
+    return _Connection(address, config=_fabric_config(), **kwargs)
 
 
 def _fabric_config() -> Config:
