@@ -5,6 +5,7 @@ results stream into combine().
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -194,6 +195,10 @@ class Cluster(Executor):
         # when fn dies, so neither fn nor what it holds outlives its futures
         self._submits: Dict[int, Tuple[Any, FutureCall]] = {}
         self._strong: List[int] = []
+        # (key, call) of submitted functions that were garbage collected. A weakref callback
+        # runs wherever the collector happens to run, including inside submit() with _lock
+        # held, so it only appends here (atomic) and whoever holds _lock next retires them.
+        self._collected: "collections.deque[Tuple[int, FutureCall]]" = collections.deque()
         self._pid = os.getpid()
         self._closer: Optional[threading.Thread] = None
         self._abandon = False  # close without waiting for running work (leaving `with` on error)
@@ -342,6 +347,9 @@ class Cluster(Executor):
         """Copies stragglers onto idle workers, and keeps idle runners' watchdogs fed."""
         last_ping = time.monotonic()
         while not self._stop_keepalive.wait(MONITOR_EVERY):
+            if self._collected:
+                with self._lock:
+                    self._retire_collected()
             self.scheduler.settler.grow()
             self.scheduler.speculate()
             if time.monotonic() - last_ping >= KEEPALIVE:
@@ -354,6 +362,7 @@ class Cluster(Executor):
         """Run fn(*args, **kwargs) on some host; a concurrent.futures.Future."""
         self._check_open()
         with self._lock:
+            self._retire_collected()
             entry = self._submits.get(id(fn))
             if entry is None or _deref(entry[0]) is not fn:
                 if entry is not None:
@@ -373,11 +382,8 @@ class Cluster(Executor):
 
         def gone(_: Any) -> None:
             cluster = me()
-            if cluster is not None:
-                with cluster._lock:
-                    entry = cluster._submits.get(key)
-                    if entry is not None and entry[1] is call:
-                        cluster._retire(key)
+            if cluster is not None:   # never take a lock here: see _collected
+                cluster._collected.append((key, call))
 
         try:
             return weakref.ref(fn, gone)
@@ -386,6 +392,14 @@ class Cluster(Executor):
             if len(self._strong) > STRONG_SUBMITS:
                 self._retire(self._strong.pop(0))
             return fn
+
+    def _retire_collected(self) -> None:
+        """Retire the calls of submitted functions that were garbage collected (_lock held)."""
+        while self._collected:
+            key, call = self._collected.popleft()
+            entry = self._submits.get(key)
+            if entry is not None and entry[1] is call:
+                self._retire(key)
 
     def _retire(self, key: int) -> None:
         """Forget a function's call once its futures are settled (self._lock held)."""

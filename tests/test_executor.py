@@ -35,7 +35,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, List
 
 import pytest
 
@@ -760,3 +760,36 @@ def test_a_killed_local_runner_never_touches_a_reused_fd() -> None:
         assert hello[8:9] == bytes([1])
     finally:
         second.kill()
+
+
+def test_a_submitted_function_collected_during_another_submit_does_not_deadlock(mocker) -> None:
+    """Seen in CI: the collector ran inside submit() (which holds the cluster's lock) and the
+    weakref callback of an earlier, collected function took that same lock: a hang forever."""
+    import gc
+
+    from antnest import codeship
+
+    with antnest.Cluster(procs=1) as cluster:
+        def make() -> Any:
+            def cyclic(x: int) -> int:   # in a cycle: only the collector frees it
+                return x + 1
+            cyclic.me = cyclic  # type: ignore[attr-defined]
+            return cyclic
+
+        first = make()
+        assert cluster.submit(first, 1).result(timeout=BOUND) == 2
+        del first
+        original = codeship.local_sources
+
+        def collecting() -> Any:
+            gc.collect()          # the collector runs right here, with the cluster lock held
+            return original()
+
+        mocker.patch.object(codeship, "local_sources", collecting)
+        done: List[int] = []
+        thread = threading.Thread(target=lambda: done.append(
+            cluster.submit(make(), 41).result(timeout=BOUND)), daemon=True)
+        thread.start()
+        thread.join(timeout=BOUND)
+        assert not thread.is_alive(), "submit() deadlocked on a collected function's callback"
+        assert done == [42]
