@@ -40,7 +40,7 @@ def ship_module(module: Any) -> None:
 
 
 def _local_names() -> list:
-    for name, module in list(sys.modules.items()):
+    for name, module in sys.modules.copy().items():   # other threads import meanwhile
         entry = _seen.get(name)
         if entry is None or entry[0] is not module:
             _seen[name] = (module, module is not None and is_local(module))

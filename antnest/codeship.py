@@ -94,7 +94,7 @@ def local_sources() -> List[Record]:
     """The local modules loaded here now, and the __main__ script as MAIN_ALIAS."""
     found = []
     with _lock:
-        for name, module in list(sys.modules.items()):
+        for name, module in sys.modules.copy().items():   # other threads import meanwhile
             if name.startswith("__") or module is None:
                 continue
             path = _local_file(module)

@@ -598,7 +598,17 @@ class _Forwarder(object):
         return None
 
     def exec_module(self, module):
-        _exec_source(module, self.answers[module.__name__][0])
+        try:
+            _exec_source(module, self.answers[module.__name__][0])
+        except SyntaxError as exc:
+            # The master's copy is written for a newer Python than this host's: to importers
+            # that is "not available" (many fall back on ImportError), never a crash.
+            raise ImportError(
+                "cannot forward %s to this host: the master's copy (%s) does not compile on "
+                "Python %d.%d here (%s, line %s); install a version of it on the host that "
+                "supports this Python (antnest exec -- python3 -m pip install --user ...)"
+                % (module.__name__, exc.filename, sys.version_info[0], sys.version_info[1],
+                   exc.msg, exc.lineno), name=module.__name__) from None
 
     def get_source(self, name):
         answer = self.answers.get(name)

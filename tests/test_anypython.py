@@ -278,3 +278,32 @@ def test_check_shows_each_hosts_version_and_how_code_travels(fleet, inventory, r
         row = rows[host_name(minor)]
         assert row["python"].startswith(minor + "."), row
         assert row["code"] == ("source+value" if minor == MASTER_MINOR else "source"), row
+
+
+def import_new_syntax(_: int) -> tuple:
+    """A module only the master has, in syntax 3.6 and 3.7 cannot compile."""
+    try:
+        import antnest_walrus_probe
+    except ImportError as exc:   # libraries fall back on ImportError (yaml's C loader, ...)
+        return "%d.%d" % sys.version_info[:2], "ImportError", str(exc)
+    return "%d.%d" % sys.version_info[:2], antnest_walrus_probe.VALUE, ""
+
+
+def test_a_forwarded_module_too_new_for_the_host_is_an_import_error_naming_it(
+        fleet, hosts, tmp_path: Path, monkeypatch) -> None:
+    """Seen when the master's PyYAML (written for 3.8+) was forwarded to a 3.6 host: a
+    SyntaxError broke invoke's own ImportError fallback and failed every taskunit."""
+    where = tmp_path / "master_only"
+    where.mkdir()
+    (where / "antnest_walrus_probe.py").write_text("VALUE = (seen := 'new')\n")
+    monkeypatch.syspath_prepend(str(where))
+    with cluster(fleet, hosts) as c:
+        started(c, hosts)
+        answers = c.on_each_host(import_new_syntax, 0)
+    assert not answers.failed, answers.failed
+    by_version = {version: (value, why) for version, value, why in answers.values()}
+    for version, (value, why) in by_version.items():
+        if version in ("3.6", "3.7"):
+            assert value == "ImportError" and "antnest_walrus_probe" in why and version in why
+        else:
+            assert (value, why) == ("new", "")
