@@ -24,7 +24,7 @@ from ..host import LOCAL, Host
 from ..patterns import select
 from .values import PathArg, _Entry, _yaml
 from .native import _native, _parse_host_list
-from .ansible import _INI_SECTION, read_ansible
+from .ansible import _INI_SECTION, _text_of, read_ansible
 from .ssh_options import ssh_user
 from .ssh_config import _SshConfig, _ssh_config_path
 
@@ -94,7 +94,6 @@ def describe(hosts: Iterable[Host]) -> List[Dict[str, Any]]:
             "proxy_command": h.proxy_command,
             "connect_timeout": h.connect_timeout,
             "server_alive_interval": h.server_alive_interval,
-            "ssh_client": h.ssh_client,
             "user_known_hosts": list(h.user_known_hosts),
             "global_known_hosts": list(h.global_known_hosts),
             "host_key_checking": h.host_key_checking,
@@ -127,13 +126,7 @@ def _read_inventory(path: str) -> Tuple[List[_Entry], Optional[Dict[str, List[st
         raise InventoryError(path, "cannot read the inventory: No such file or directory")
     if os.path.isdir(path):
         return read_ansible(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise InventoryError(path, f"cannot read the inventory: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InventoryError(path, "not a text file (expected UTF-8 YAML or INI)") from exc
+    text = _text_of(path)
     if not _INI_SECTION.match(_first_line(text)):
         yaml, loader = _yaml()
         try:
@@ -142,7 +135,7 @@ def _read_inventory(path: str) -> Tuple[List[_Entry], Optional[Dict[str, List[st
             data = None
         if isinstance(data, dict) and data and not _is_ansible_yaml(data):
             return _native(data, path), None
-    return read_ansible(path)
+    return read_ansible(path, text)
 
 
 def _first_line(text: str) -> str:

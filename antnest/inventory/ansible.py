@@ -193,14 +193,15 @@ class AnsibleInventory:
 
 # --------------------------------------------------------------------------- sources
 
-def read_ansible(source: str) -> Tuple[List[_Entry], Members]:
+def read_ansible(source: str, text: Optional[str] = None) -> Tuple[List[_Entry], Members]:
     """An ``-i`` source as ansible-core reads it: a file or a directory of them, then the
-    group_vars/ and host_vars/ beside the file (or inside the directory)."""
+    group_vars/ and host_vars/ beside the file (or inside the directory). ``text``: the file's
+    content when the caller has read it already."""
     inventory = AnsibleInventory(source)
     if os.path.isdir(source):
         _read_directory(inventory, source)
     else:
-        _read_file(inventory, source)
+        _read_file(inventory, source, text)
     _read_vars_dirs(inventory, source if os.path.isdir(source) else os.path.dirname(source))
     entries = inventory.entries()
     return entries, inventory.members()
