@@ -36,7 +36,9 @@ source, never as bytecode across versions: functions and classes are pickled by 
 demand); lambdas and closures by their source text (_rebuild_function); only what has no
 source left travels by value (cloudpickle), to hosts of the master's minor version alone.
 
-HELLO is a dict of literals (repr/ast.literal_eval), FATAL UTF-8 text.
+Of what the runner sends, only RESULTS is a pickle (user data): HELLO is a dict of literals
+(repr/ast.literal_eval), LOG, FATAL and MODULE_REQUEST UTF-8 text, TIMEOUT a struct, SETUP_FAILED
+and UNDECODABLE length-prefixed fields, PING empty; the master unpickles nothing else.
 
 Adding a frame kind: a number in `Kind`, an encode/decode pair and its `WIRE` entry here, and
 one handler on the receiving side (`_Runner.handlers`, or `Worker.HANDLERS` in worker.py).
@@ -138,6 +140,49 @@ def decode_log(payload):
     return (None if batch_id < 0 else batch_id), index, text
 
 
+_ID = struct.Struct(">q")
+_FIELD = struct.Struct(">I")   # a field's length; NO_FIELD: the field is None
+NO_FIELD = 0xFFFFFFFF
+
+
+def _pack_fields(*fields):
+    """Fields (str as UTF-8, bytes as they are, or None), each after its u32 length: the
+    text codecs of frames the master reads, so none of them is a pickle."""
+    out = []
+    for field in fields:
+        if field is None:
+            out.append(_FIELD.pack(NO_FIELD))
+            continue
+        if not isinstance(field, bytes):
+            field = str(field).encode("utf-8", "surrogatepass")
+        out.append(_FIELD.pack(len(field)))
+        out.append(field)
+    return b"".join(out)
+
+
+def _unpack_fields(payload, start, count):
+    """`count` fields from payload[start:], as bytes or None; ValueError if it is cut short."""
+    fields = []
+    at = start
+    for _ in range(count):
+        if at + _FIELD.size > len(payload):
+            raise ValueError("frame cut short")
+        (size,) = _FIELD.unpack_from(payload, at)
+        at += _FIELD.size
+        if size == NO_FIELD:
+            fields.append(None)
+            continue
+        if at + size > len(payload):
+            raise ValueError("frame cut short")
+        fields.append(bytes(payload[at:at + size]))
+        at += size
+    return fields
+
+
+def _str(field):
+    return None if field is None else field.decode("utf-8", "replace")
+
+
 def encode_hello(info):
     """HELLO is a dict of literals: written with repr, so the runner needs no json."""
     return repr(info).encode()
@@ -195,14 +240,18 @@ def decode_items(blob):
 
 
 def encode_undecodable(batch_id, error, protocol=None):
-    """The runner could not unpickle batch `batch_id`'s data: error is _describe_error()."""
-    return pickle.dumps((batch_id, error), protocol=_proto(protocol))
+    """The runner could not unpickle batch `batch_id`'s data: error is _describe_error().
+    Not a pickle: the batch id, then the description's fields as length-prefixed bytes (the
+    pickled exception travels as opaque bytes; the master never unpickles it)."""
+    blob, type_name, message, text = error
+    return _ID.pack(batch_id) + _pack_fields(blob, type_name, message, text)
 
 
 def decode_undecodable(payload):
-    """(batch_id, error)"""
-    batch_id, error = pickle.loads(payload)
-    return batch_id, error
+    """(batch_id, (blob or None, type name, message, traceback text))"""
+    (batch_id,) = _ID.unpack_from(payload)
+    blob, type_name, message, text = _unpack_fields(payload, _ID.size, 4)
+    return batch_id, (blob, _str(type_name), _str(message), _str(text))
 
 
 def encode_results(batch_id, offset, values, errors, elapsed, protocol=None):
@@ -222,14 +271,17 @@ def decode_results(payload):
     return batch_id, offset, values, errors, elapsed
 
 
+TIMEOUT_RECORD = struct.Struct(">qqd")   # batch id, taskunit index, seconds it ran
+
+
 def encode_timeout(batch_id, index, elapsed):
-    """Taskunit `index` of `batch_id` ran `elapsed` s, past the task timeout."""
-    return pickle.dumps((batch_id, index, elapsed))
+    """Taskunit `index` of `batch_id` ran `elapsed` s, past the task timeout (a struct)."""
+    return TIMEOUT_RECORD.pack(batch_id, index, elapsed)
 
 
 def decode_timeout(payload):
     """(batch_id, index, elapsed)"""
-    batch_id, index, elapsed = pickle.loads(payload)
+    batch_id, index, elapsed = TIMEOUT_RECORD.unpack(payload)
     return batch_id, index, elapsed
 
 
@@ -243,14 +295,15 @@ def decode_fatal(payload):
 
 
 def encode_setup_failed(what, text):
-    """`what` ("the initializer", "the job's setup()", ...) failed with traceback `text`."""
-    return pickle.dumps((what, text))
+    """`what` ("the initializer", "the job's setup()", ...) failed with traceback `text`:
+    two UTF-8 fields, not a pickle."""
+    return _pack_fields(what, text)
 
 
 def decode_setup_failed(payload):
     """(what, text)"""
-    what, text = pickle.loads(payload)
-    return what, text
+    what, text = _unpack_fields(payload, 0, 2)
+    return _str(what), _str(text)
 
 
 def encode_sources(modules, protocol=None):

@@ -23,6 +23,7 @@ import pytest
 from antnest import bootstrap
 from antnest.runner import (
     decode_log,
+    decode_timeout,
     HEADER,
     MAGIC,
     PROTOCOL_VERSION,
@@ -385,6 +386,6 @@ def test_task_timeout_is_reported_and_the_runner_leaves(runner: LiveRunner) -> N
         assert frame is not None, "the runner left without a TIMEOUT frame"
         if frame[0] == Kind.TIMEOUT:
             break
-    batch, index, elapsed = pickle.loads(frame[1])
+    batch, index, elapsed = decode_timeout(frame[1])
     assert (batch, index) == (80, 0) and elapsed >= 0.2
     assert runner.wait_exit()

@@ -1,6 +1,7 @@
 """The wire is defined once (runner.WIRE) and the transports behind one seam (transport.TRANSPORTS).
 No processes: codecs round-trip, every kind has a codec and a handler, names are shared."""
 import importlib
+import struct
 import re
 from pathlib import Path
 
@@ -126,3 +127,59 @@ def test_statuses_are_one_list_shared_by_errors_and_readme() -> None:
     listed = re.findall(r"`([a-z ]+)`", text[start:text.index("\n\n", start)])
     assert listed[:len(HostStatus.all())] == HostStatus.all()
     assert set(State.all()) <= set(listed)
+
+
+RUNNER_TO_MASTER = (Kind.HELLO, Kind.LOG, Kind.PING, Kind.TIMEOUT, Kind.FATAL, Kind.SETUP_FAILED,
+                    Kind.UNDECODABLE, Kind.MODULE_REQUEST)
+EXECUTED: list = []
+
+
+def _ran(what: str) -> None:
+    EXECUTED.append(what)
+
+
+class _Hostile:
+    """A pickle that runs code when unpickled: what a broken or hostile host could send."""
+
+    def __reduce__(self):
+        return (_ran, ("code ran on the master",))
+
+
+def test_only_results_is_a_pickle_the_master_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every frame a runner sends but RESULTS decodes with pickle gone (README, trust model)."""
+    assert set(RUNNER_TO_MASTER) | {Kind.RESULTS} >= set(
+        __import__("antnest.worker", fromlist=["Worker"]).Worker.HANDLERS)
+    import pickle
+
+    def refused(*_args, **_kwargs):
+        raise AssertionError("a control frame was unpickled")
+    monkeypatch.setattr(pickle, "loads", refused)
+    monkeypatch.setattr(pickle, "Unpickler", refused)
+    monkeypatch.setattr(runner.pickle, "loads", refused)
+    for kind in RUNNER_TO_MASTER:
+        encode, decode = WIRE[kind]
+        args = SAMPLES[kind]
+        decoded = decode(encode(*args))
+        assert decoded == (args if len(args) > 1 else args[0] if args else None), Kind.name(kind)
+
+
+@pytest.mark.parametrize("kind", RUNNER_TO_MASTER, ids=lambda k: Kind.name(k))
+def test_a_hostile_pickle_in_a_control_frame_runs_nothing(kind: int) -> None:
+    import pickle
+
+    del EXECUTED[:]
+    for protocol in (2, 4, 5):
+        payload = pickle.dumps(_Hostile(), protocol=protocol)
+        try:
+            WIRE[kind][1](payload)
+        except (ValueError, TypeError, IndexError, struct.error, UnicodeDecodeError):
+            pass  # refused is fine; running it is not
+    assert EXECUTED == []
+
+
+def test_undecodable_and_setup_failed_keep_every_field() -> None:
+    error = (b"\x80\x05opaque", "mod.Error", "n\u00e9e", "Traceback\n  line\n")
+    assert runner.decode_undecodable(runner.encode_undecodable(2 ** 40, error)) == (2 ** 40, error)
+    assert runner.decode_setup_failed(runner.encode_setup_failed("workdir", "")) == ("workdir", "")
+    with pytest.raises(ValueError):
+        runner.decode_setup_failed(runner.encode_setup_failed("workdir", "text")[:-1])
