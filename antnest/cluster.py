@@ -40,14 +40,14 @@ from antnest.limits import raise_open_files_limit
 from antnest.scheduler import (
     Call,
     Failure,
-    FutureCall,
-    OrderedCall,
     Policy,
     Scheduler,
     Tally,
-    UnorderedCall,
     as_raisable,
+    future_call,
+    ordered_call,
     progress_of,
+    unordered_call,
 )
 from antnest.transport import SshOptions
 from antnest.worker import HostGroup, HostState
@@ -191,14 +191,14 @@ class Cluster(Executor):
             raise_open_files_limit()
         self.scheduler = Scheduler(self.policy, no_hosts_error=self._no_hosts_error)
         self.host_errors: Dict[str, Exception] = {}
-        # id(fn) -> (weak reference to fn, or fn itself, and its FutureCall); an entry goes
+        # id(fn) -> (weak reference to fn, or fn itself, and its submit call); an entry goes
         # when fn dies, so neither fn nor what it holds outlives its futures
-        self._submits: Dict[int, Tuple[Any, FutureCall]] = {}
+        self._submits: Dict[int, Tuple[Any, Call]] = {}
         self._strong: List[int] = []
         # (key, call) of submitted functions that were garbage collected. A weakref callback
         # runs wherever the collector happens to run, including inside submit() with _lock
         # held, so it only appends here (atomic) and whoever holds _lock next retires them.
-        self._collected: "collections.deque[Tuple[int, FutureCall]]" = collections.deque()
+        self._collected: "collections.deque[Tuple[int, Call]]" = collections.deque()
         self._pid = os.getpid()
         self._closer: Optional[threading.Thread] = None
         self._abandon = False  # close without waiting for running work (leaving `with` on error)
@@ -253,8 +253,8 @@ class Cluster(Executor):
         self._check_open()
         self.wait_for_hosts()
         results: Dict[str, Any] = {}
-        pending: Dict[str, Tuple[HostGroup, FutureCall, Future]] = {}
-        calls: List[FutureCall] = []
+        pending: Dict[str, Tuple[HostGroup, Call, Future]] = {}
+        calls: List[Call] = []
         apply = _apply(fn)
         for group in self._groups:
             if group.state.state != "connected":
@@ -262,9 +262,9 @@ class Cluster(Executor):
                     HostError(group.name, group.state.error or f"host is {group.state.state}",
                               status=group.state.state)
                 continue
-            call = FutureCall(self.scheduler, apply, name=f"on_each_host({_name(fn)})")
+            call = future_call(self.scheduler, apply, name=f"on_each_host({_name(fn)})",
+                               policy=dataclasses.replace(self.scheduler.policy, retries=0))
             call.host = group.name
-            call.policy = dataclasses.replace(call.policy, retries=0)
             self.scheduler.add_call(call)
             with self.scheduler.cond:
                 future = call.add((args, kwargs))
@@ -367,7 +367,7 @@ class Cluster(Executor):
             if entry is None or _deref(entry[0]) is not fn:
                 if entry is not None:
                     self._retire(id(fn))
-                call = FutureCall(self.scheduler, _apply(fn), name=_name(fn))
+                call = future_call(self.scheduler, _apply(fn), name=_name(fn))
                 self.scheduler.add_call(call)
                 entry = self._submits[id(fn)] = (self._reference(fn, call), call)
             call = entry[1]
@@ -376,7 +376,7 @@ class Cluster(Executor):
         self.scheduler.pump()
         return future
 
-    def _reference(self, fn: Callable, call: FutureCall) -> Any:
+    def _reference(self, fn: Callable, call: Call) -> Any:
         key = id(fn)
         me = weakref.ref(self)
 
@@ -406,9 +406,12 @@ class Cluster(Executor):
         entry = self._submits.pop(key, None)
         if entry is None:
             return
+        call = entry[1]
+        futures = call.futures
+        assert futures is not None
         with self.scheduler.cond:
-            entry[1].retired = True
-            entry[1]._maybe_retire()
+            futures.retired = True
+            futures.maybe_retire(call)
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
             chunksize: int = 1, shared: Any = NOT_SHARED) -> Iterator[Any]:
@@ -420,7 +423,7 @@ class Cluster(Executor):
             raise ValueError("chunksize must be >= 1.")
         if not iterables:
             raise TypeError("map() needs at least one iterable")
-        call = OrderedCall(self.scheduler, _star(fn, shared), zip(*iterables), name=_name(fn))
+        call = ordered_call(self.scheduler, _star(fn, shared), zip(*iterables), name=_name(fn))
         return self._results(call, timeout)
 
     def imap(self, fn: Callable[..., Any], iterable: Iterable[Any], *,
@@ -428,17 +431,17 @@ class Cluster(Executor):
         """fn(item) for each item, in order, lazily (multiprocessing.Pool.imap); with
         `shared=obj`, fn(item, obj), obj sent once per runner."""
         self._check_open()
-        return self._results(OrderedCall(self.scheduler, _with_shared(fn, shared), iterable,
-                                         name=_name(fn)), None)
+        return self._results(ordered_call(self.scheduler, _with_shared(fn, shared), iterable,
+                                          name=_name(fn)), None)
 
     def imap_unordered(self, fn: Callable[..., Any], iterable: Iterable[Any], *,
                        shared: Any = NOT_SHARED) -> Iterator[Any]:
         """fn(item) for each item, as results arrive, lazily; `shared` as for imap."""
         self._check_open()
-        return self._results(UnorderedCall(self.scheduler, _with_shared(fn, shared), iterable,
-                                           name=_name(fn)), None)
+        return self._results(unordered_call(self.scheduler, _with_shared(fn, shared), iterable,
+                                            name=_name(fn)), None)
 
-    def _results(self, call: OrderedCall, timeout: Optional[float]) -> Iterator[Any]:
+    def _results(self, call: Call, timeout: Optional[float]) -> Iterator[Any]:
         call.raise_in_order = True
         timer = None
         if timeout is not None:  # counted from the call, as concurrent.futures does
@@ -476,11 +479,11 @@ class Cluster(Executor):
             from antnest.journal import JournalFeed
 
             feed = JournalFeed(journal, plan.items)
-            call: OrderedCall = _JournaledCall(self.scheduler, plan.processor, feed.pending(),
-                                               name=job.name, feed=feed, setup=plan.setup)
+            call = ordered_call(self.scheduler, plan.processor, feed.pending(), name=job.name,
+                                setup=plan.setup, journal=feed)
         else:
-            call = OrderedCall(self.scheduler, plan.processor, plan.items, name=job.name,
-                               setup=plan.setup)
+            call = ordered_call(self.scheduler, plan.processor, plan.items, name=job.name,
+                                setup=plan.setup)
         self.job_call = call
         self.job_feed = feed
         self.job_total = total
@@ -620,7 +623,8 @@ class Cluster(Executor):
         if cancel_futures:
             with self.scheduler.cond:
                 queued = [future for call in list(self.scheduler.calls)
-                          if isinstance(call, FutureCall) for future in call.cancel_pending()]
+                          if call.futures is not None
+                          for future in call.futures.cancel_pending(call)]
             for future in queued:
                 future.cancel()
         if first:
@@ -648,8 +652,8 @@ class Cluster(Executor):
         """Work that can still finish (scheduler lock held): submitted futures, and maps whose
         results are read (a map waiting for its reader counts until the interpreter exits)."""
         for call in self.scheduler.calls:
-            if isinstance(call, FutureCall):
-                if not call.idle:
+            if call.futures is not None:
+                if not call.futures.idle(call):
                     return True
             elif not call.done and call is not getattr(self, "job_call", None):
                 waiting_for_reader = call.inflight == 0 and not call.exhausted and \
@@ -672,9 +676,8 @@ class Cluster(Executor):
         self._shutdown = True
         self._forked = error
         for call in list(self.scheduler.calls):
-            if isinstance(call, FutureCall):
-                futures = list(call._futures.values()) + [f for _, f in call._queue]
-                for future in futures:
+            if call.futures is not None:
+                for future in call.futures.pending():
                     try:
                         if future.running() or future.set_running_or_notify_cancel():
                             future.set_exception(error)
@@ -699,22 +702,6 @@ class Cluster(Executor):
         if exc_info[0] is not None:  # leaving on an error or Ctrl-C: stop now, not when done
             self._abandon = True
         self.shutdown(wait=True, cancel_futures=exc_info[0] is not None)
-
-
-class _JournaledCall(OrderedCall):
-    """A job call whose results go to the journal as they are accepted (in any order)."""
-
-    def __init__(self, *args: Any, feed: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.feed = feed
-
-    def accept(self, seq: int, values: list) -> None:
-        self.feed.accepted(seq, values)
-        super().accept(seq, values)
-
-    def reject(self, seq: int, error: TaskError) -> None:
-        error.taskunit_id = self.feed.failed(seq)   # the id in split() order, not the call's
-        super().reject(seq, error)
 
 
 def _deref(reference: Any) -> Any:
@@ -759,7 +746,7 @@ def _length(items: Any) -> Optional[int]:
         return None
 
 
-def _raising_remote_types(call: OrderedCall, timer: Optional[threading.Timer]) -> Iterator[Any]:
+def _raising_remote_types(call: Call, timer: Optional[threading.Timer]) -> Iterator[Any]:
     try:
         yield from call.results(raise_failures=True)  # no local holds the value last yielded
     except TaskError as error:

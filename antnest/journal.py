@@ -318,9 +318,9 @@ class JournalFeed:
     maps one to the other:
 
         feed = JournalFeed(journal, plan.items)
-        call = OrderedCall(scheduler, plan.processor, feed.pending())
-        # as the call accepts results (scheduler lock held):  feed.accepted(call_seq, values)
-        # as a taskunit fails for good:                       error.taskunit_id = feed.failed(call_seq)
+        call = ordered_call(scheduler, plan.processor, feed.pending(), journal=feed)
+        # the call, as it accepts results (lock held):  feed.accepted(call_seq, values)
+        # ... and as a taskunit fails for good:          error.taskunit_id = feed.failed(call_seq)
         combine(feed.results(call.results(with_failures=...)))
 
     `results()` must see every value the call yields, Failure placeholders included, so that

@@ -5,6 +5,11 @@
                                                    │ RESULTS (partial prefixes of a batch)
       ◀─ accept(seq, values) ◀─ filled-bitmap check ◀┘  (each taskunit accepted exactly once)
 
+A call is one class composed of the parts that differ by kind: a Source (Feed: an iterator
+read on its own thread; Futures: submits) and a Delivery (Stream: in order or as they arrive,
+to one reader; Futures: one future per taskunit). ordered_call, unordered_call and
+future_call put them together.
+
 A worker that vanishes gives back the unfinished suffix of every batch it held. The first of them
 was running: its items are suspects, counted against --max-lost; the others are requeued as they
 were. Batch sizes adapt per call so a batch takes about `target_batch_seconds` on a runner.
@@ -12,6 +17,7 @@ were. Batch sizes adapt per call so a batch takes about `target_batch_seconds` o
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import pickle
@@ -19,7 +25,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Protocol, Tuple
 
 from antnest import codeship
 from antnest.errors import (
@@ -212,14 +218,33 @@ class Failure:
         self.error = error
 
 
-class Call:
-    """One stream of taskunits sharing a function: a job run, a map, or a set of submits."""
+class Journaling(Protocol):
+    """What a job call tells its journal (antnest.journal.JournalFeed), scheduler lock held."""
 
-    def __init__(self, scheduler: "Scheduler", fn: Callable, items: Iterable = (),
-                 policy: Optional[Policy] = None, name: str = "",
-                 setup: Optional[Callable[[], Any]] = None) -> None:
+    def accepted(self, seq: int, values: list) -> None: ...
+
+    def failed(self, seq: int) -> int: ...   # the taskunit id in split() order
+
+
+class Call:
+    """One stream of taskunits sharing a function: a job run, a map, or a set of submits.
+
+    A call is the machinery every kind shares (the function, batch sizes, counts, failure
+    policy), composed with the two parts that differ by kind: its `source` (where taskunits
+    come from: a Feed over an iterator, or the Futures of submits) and its `delivery` (where
+    results go: a Stream read in input order or as they arrive, or the Futures). Build one
+    with ordered_call, unordered_call or future_call.
+    """
+
+    def __init__(self, scheduler: "Scheduler", fn: Callable, source: "Source",
+                 delivery: "Delivery", policy: Optional[Policy] = None, name: str = "",
+                 setup: Optional[Callable[[], Any]] = None,
+                 journal: Optional[Journaling] = None) -> None:
         self.scheduler = scheduler
         self.policy = policy or scheduler.policy
+        self.source = source
+        self.delivery = delivery
+        self.journal = journal   # a job run's journal: results noted as they are accepted
         self.fn_id = next(_ids)
         # A job's setup() travels in the same pickle as its processor: they share globals.
         self.setup = setup is not None
@@ -231,11 +256,9 @@ class Call:
         self._blobs = {protocol: codeship.dumps_function(travels, protocol)
                        for protocol in (5, 4)}
         self.name = name or getattr(fn, "__qualname__", repr(fn))
-        self._input: Optional[Iterator] = iter(items)
-        self._feeder: Optional[_Feeder] = None
         self.next_seq = 0            # next taskunit id to hand out
-        self.taken = 0
-        self.consumed = 0
+        self.taken = 0               # taken from a Feed's input
+        self.consumed = 0            # ... and read by the Stream's reader
         self.exhausted = False
         self.error: Optional[BaseException] = None   # ends the call (fail fast, cancel, no hosts)
         self.failures: List[TaskError] = []
@@ -251,6 +274,12 @@ class Call:
         self.input_seconds = 0.0     # spent reading the input (split()), for the run record
         self.durations: Deque[float] = collections.deque(maxlen=64)  # finished batches, s
 
+    @property
+    def futures(self) -> Optional["Futures"]:
+        """The submits' futures when this is a submit call (Cluster.submit, on_each_host)."""
+        delivery = self.delivery
+        return delivery if isinstance(delivery, Futures) else None
+
     def tally(self, total: Optional[int] = None, resumed: int = 0) -> Tally:
         """The call's counts (scheduler lock held, or a consistent-enough read for progress).
         `total`, `resumed`: the job's input size and journaled taskunits, when the caller
@@ -258,10 +287,8 @@ class Call:
         failed = len(self.failures)
         running = max(0, self.inflight)
         done = max(0, self.taken - running - failed)
-        feeder = self._feeder
-        read = feeder.read if feeder is not None else self.taken
-        if total is None and (feeder is not None and feeder.done or
-                              self.exhausted and self.error is None):
+        read, input_done = self.source.progress(self)
+        if total is None and (input_done or self.exhausted and self.error is None):
             total = read + resumed
         return Tally(done=done + resumed, failed=failed, running=running,
                      waiting=max(0, read - self.taken), total=total, resumed=resumed)
@@ -289,38 +316,25 @@ class Call:
         return max(1, min(size, p.max_batch_items))
 
     def take(self) -> Optional[Batch]:
-        if self.exhausted or self.error is not None:
+        """The next batch from the source, or None (nothing ready, or the call ended)."""
+        if self.error is not None:
             return None
-        if self.taken - self.consumed >= self.ahead_limit():
+        items = self.source.take(self)
+        if not items:
             return None
-        if self._feeder is None:
-            self._feeder = _Feeder(self, self._input or iter(()))
-            self._input = None
-        feeder = self._feeder
-        buffer = feeder.buffer
-        feeder.hungry = True  # before looking, so an item appended meanwhile still pumps
-        if not buffer:
-            if feeder.done and not buffer:
-                self.exhausted = True
-                if feeder.error is not None:
-                    self.input_error = feeder.error
-                    self.fail(feeder.error)
-                else:
-                    self._maybe_done()
-            return None
-        feeder.hungry = False
-        size = self.batch_size()
-        if not self.sent_bytes_per_item:  # nothing learned yet: big first items set the pace
-            first = buffer[0]
-            if type(first) in (bytes, bytearray, str) and len(first) > 65536:
-                size = max(1, self.policy.max_batch_bytes // len(first))
-        popleft = buffer.popleft
-        items = [popleft() for _ in range(min(size, len(buffer)))]
         batch = Batch(self, self.next_seq, items)
         self.next_seq += len(items)
-        self.taken += len(items)
         self.inflight += len(items)
         return batch
+
+    def add(self, item: Any) -> Future:
+        """A submit call: queue one taskunit; its future."""
+        futures = self.futures
+        if futures is None:
+            raise TypeError(f"{self.name}: only a submit call takes taskunits one by one")
+        future = futures.add(item)
+        self.exhausted = False
+        return future
 
     def ahead_limit(self) -> int:
         """How many taskunits may be read but not yet consumed: by count and by bytes."""
@@ -348,65 +362,162 @@ class Call:
 
     # -- output side (scheduler lock held) -----------------------------------------------
     def accept(self, seq: int, values: list) -> None:
-        raise NotImplementedError
+        """Results of taskunits seq, seq+1, ..., each accepted once (the scheduler's check)."""
+        if self.journal is not None:
+            self.journal.accepted(seq, values)
+        self.inflight -= len(values)
+        self.delivery.accept(self, seq, values)
 
     def reject(self, seq: int, error: TaskError) -> None:
         """A taskunit failed for good."""
+        if self.journal is not None:
+            error.taskunit_id = self.journal.failed(seq)   # the id in split() order
         self.inflight -= 1
         self.failures.append(error)
         if self.raise_in_order:  # nothing more is read; what came before still arrives
             self.stop_reading = self.exhausted = True
-            self.accept_failure(seq, error)
+            self.delivery.accept_failure(self, seq, error)
         elif not self.policy.keep_going:
             self.fail(error)
         else:
-            self.accept_failure(seq, error)
-
-    def accept_failure(self, seq: int, error: TaskError) -> None:
-        raise NotImplementedError
+            self.delivery.accept_failure(self, seq, error)
 
     def fail(self, error: BaseException) -> None:
+        """End the call's work with `error` (fail fast, cancel, no hosts): what that means is
+        the delivery's (a stream ends; submits fail their futures and take new ones)."""
+        self.delivery.fail(self, error)
+
+    def end(self, error: BaseException) -> None:
         """End the call: nothing more is taken, readers see `error`."""
         if self.error is None:
             self.error = error
             self.exhausted = True
-            self._input = None
+            self.source.close()
             self.scheduler.cond.notify_all()
             self.scheduler.abandon(self)
-            self._on_end()
+            self.scheduler.forget(self)
 
-    def _maybe_done(self) -> None:
+    def maybe_done(self) -> None:
+        """Every taskunit read and settled: the delivery says what follows."""
         if self.exhausted and self.inflight == 0 and self.error is None:
             self.scheduler.cond.notify_all()
-            self._on_end()
-
-    def _on_end(self) -> None:
-        self.scheduler.forget(self)
+            self.delivery.finished(self)
 
     @property
     def done(self) -> bool:
         return self.error is not None or (self.exhausted and self.inflight == 0)
 
+    def results(self, with_failures: bool = False, raise_failures: bool = False) -> Iterator[Any]:
+        """A stream call's values, as its Stream gives them (see Stream.results)."""
+        delivery = self.delivery
+        if not isinstance(delivery, Stream):
+            raise TypeError(f"{self.name}: a submit call's results are its futures")
+        return delivery.results(self, with_failures, raise_failures)
 
-class OrderedCall(Call):
-    """Results in input order (job runs, Cluster.map): a reorder buffer bounded by max_ahead."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._pending: Dict[int, list] = {}
+class Source(Protocol):
+    """Where a call's taskunits come from (scheduler lock held)."""
+
+    def take(self, call: Call) -> Optional[list]:
+        """Up to call.batch_size() items to send now; None or [] when none is ready."""
+
+    def progress(self, call: Call) -> Tuple[int, bool]:
+        """(items read so far, the input has ended), for the call's tally."""
+
+    def close(self) -> None:
+        """The call ended: let go of the input."""
+
+
+class Delivery(Protocol):
+    """Where a call's results go (scheduler lock held); inflight is counted by the call."""
+
+    def accept(self, call: Call, seq: int, values: list) -> None: ...
+
+    def accept_failure(self, call: Call, seq: int, error: TaskError) -> None: ...
+
+    def fail(self, call: Call, error: BaseException) -> None: ...
+
+    def finished(self, call: Call) -> None:
+        """Every taskunit read and settled, no error."""
+
+
+class Feed:
+    """Source: an iterator (split(), a map's iterables), read on a _Feeder thread of its own
+    once the call first asks, and bounded by the call's max_ahead."""
+
+    def __init__(self, items: Iterable) -> None:
+        self._input: Optional[Iterator] = iter(items)
+        self._feeder: Optional[_Feeder] = None
+
+    def take(self, call: Call) -> Optional[list]:
+        if call.exhausted:
+            return None
+        if call.taken - call.consumed >= call.ahead_limit():
+            return None
+        if self._feeder is None:
+            self._feeder = _Feeder(call, self._input or iter(()))
+            self._input = None
+        feeder = self._feeder
+        buffer = feeder.buffer
+        feeder.hungry = True  # before looking, so an item appended meanwhile still pumps
+        if not buffer:
+            if feeder.done and not buffer:
+                call.exhausted = True
+                if feeder.error is not None:
+                    call.input_error = feeder.error
+                    call.fail(feeder.error)
+                else:
+                    call.maybe_done()
+            return None
+        feeder.hungry = False
+        size = call.batch_size()
+        if not call.sent_bytes_per_item:  # nothing learned yet: big first items set the pace
+            first = buffer[0]
+            if type(first) in (bytes, bytearray, str) and len(first) > 65536:
+                size = max(1, call.policy.max_batch_bytes // len(first))
+        popleft = buffer.popleft
+        items = [popleft() for _ in range(min(size, len(buffer)))]
+        call.taken += len(items)
+        return items
+
+    def progress(self, call: Call) -> Tuple[int, bool]:
+        feeder = self._feeder
+        if feeder is None:
+            return call.taken, False
+        return feeder.read, feeder.done
+
+    def close(self) -> None:
+        self._input = None
+
+
+class Stream:
+    """Delivery to one reader, through results(): in input order (job runs, map, imap: a
+    reorder buffer bounded by max_ahead) or as results arrive (imap_unordered)."""
+
+    def __init__(self, ordered: bool = True) -> None:
+        self.ordered = ordered
+        self._pending: Dict[int, list] = {}   # ordered: chunks waiting for earlier ones
         self._ready: Deque[list] = collections.deque()
         self._next_out = 0
 
-    def accept(self, seq: int, values: list) -> None:
-        self.inflight -= len(values)
-        self._pending[seq] = values
-        self._drain()
+    def accept(self, call: Call, seq: int, values: list) -> None:
+        if self.ordered:
+            self._pending[seq] = values
+            self._drain(call)
+        else:
+            self._ready.append(values)
+            call.scheduler.cond.notify_all()
+            call.maybe_done()
 
-    def accept_failure(self, seq: int, error: TaskError) -> None:
-        self._pending[seq] = [Failure(error)]
-        self._drain()
+    def accept_failure(self, call: Call, seq: int, error: TaskError) -> None:
+        if self.ordered:
+            self._pending[seq] = [Failure(error)]
+            self._drain(call)
+        else:
+            self._ready.append([Failure(error)])
+            call.scheduler.cond.notify_all()
 
-    def _drain(self) -> None:
+    def _drain(self, call: Call) -> None:
         moved = False
         while self._next_out in self._pending:
             chunk = self._pending.pop(self._next_out)
@@ -414,24 +525,31 @@ class OrderedCall(Call):
             self._ready.append(chunk)
             moved = True
         if moved:
-            self.scheduler.cond.notify_all()
-        self._maybe_done()
+            call.scheduler.cond.notify_all()
+        call.maybe_done()
 
-    def results(self, with_failures: bool = False, raise_failures: bool = False) -> Iterator[Any]:
-        """Values in order; a Failure object stands for a failed taskunit when asked for, or
-        its error is raised in its place (raise_failures)."""
-        sched = self.scheduler
+    def fail(self, call: Call, error: BaseException) -> None:
+        call.end(error)
+
+    def finished(self, call: Call) -> None:
+        call.scheduler.forget(call)
+
+    def results(self, call: Call, with_failures: bool = False,
+                raise_failures: bool = False) -> Iterator[Any]:
+        """Values; a Failure object stands for a failed taskunit when asked for, or its error
+        is raised in its place (raise_failures)."""
+        sched = call.scheduler
         while True:
             with sched.cond:
                 while not self._ready:
-                    if self.error is not None:
-                        raise self.error
-                    if self.done:
+                    if call.error is not None:
+                        raise call.error
+                    if call.done:
                         return
-                    sched.wait(self)
+                    sched.wait(call)
                 chunk = self._ready.popleft()
-                throttled = self.taken - self.consumed >= self.policy.max_ahead
-                self.consumed += len(chunk)
+                throttled = call.taken - call.consumed >= call.policy.max_ahead
+                call.consumed += len(chunk)
             if throttled:
                 sched.pump()
             if len(chunk) == 1 and type(chunk[0]) is Failure:
@@ -445,93 +563,101 @@ class OrderedCall(Call):
                 yield chunk.pop()
 
 
-class UnorderedCall(OrderedCall):
-    """Results as they arrive (imap_unordered)."""
+class Futures:
+    """Source and delivery of a submit call (Cluster.submit, on_each_host): one future per
+    taskunit, fed from a queue. Such a call lives as long as its function is submitted: a
+    failure settles the futures it holds and new submits still run."""
 
-    def accept(self, seq: int, values: list) -> None:
-        self.inflight -= len(values)
-        self._ready.append(values)
-        self.scheduler.cond.notify_all()
-        self._maybe_done()
-
-    def accept_failure(self, seq: int, error: TaskError) -> None:
-        self._ready.append([Failure(error)])
-        self.scheduler.cond.notify_all()
-
-
-class FutureCall(Call):
-    """Cluster.submit: one future per taskunit, fed from a queue rather than an iterator."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self) -> None:
         self._queue: Deque[Tuple[Any, Future]] = collections.deque()
-        self._futures: Dict[int, Future] = {}
-        self.policy = Policy(**{**self.policy.__dict__, "keep_going": True})
+        self._futures: Dict[int, Future] = {}   # call seq -> future, sent and not settled
         self.retired = False  # its function is gone: forgotten once its futures are settled
 
     def add(self, item: Any) -> Future:
         future: Future = Future()
         self._queue.append((item, future))
-        self.exhausted = False
         return future
 
-    def take(self) -> Optional[Batch]:
-        if self.error is not None:
-            return None
+    def take(self, call: Call) -> Optional[list]:
         items: List[Any] = []
-        while self._queue and len(items) < self.batch_size():
+        while self._queue and len(items) < call.batch_size():
             item, future = self._queue.popleft()
             if not future.set_running_or_notify_cancel():
                 continue
-            self._futures[self.next_seq + len(items)] = future
+            self._futures[call.next_seq + len(items)] = future
             items.append(item)
-        if not items:
-            return None
-        batch = Batch(self, self.next_seq, items)
-        self.next_seq += len(items)
-        self.inflight += len(items)
-        return batch
+        return items
 
-    def accept(self, seq: int, values: list) -> None:
-        self.inflight -= len(values)
+    def progress(self, call: Call) -> Tuple[int, bool]:
+        return call.taken, False
+
+    def close(self) -> None:
+        pass
+
+    def accept(self, call: Call, seq: int, values: list) -> None:
         pop = self._futures.pop
-        self.scheduler.settle([(pop(seq + offset), value, None)
+        call.scheduler.settle([(pop(seq + offset), value, None)
                                for offset, value in enumerate(values)])
-        self._maybe_retire()
+        self.maybe_retire(call)
 
-    def accept_failure(self, seq: int, error: TaskError) -> None:
-        self.scheduler.settle([(self._futures.pop(seq), None, as_raisable(error))])
-        self._maybe_retire()
+    def accept_failure(self, call: Call, seq: int, error: TaskError) -> None:
+        call.scheduler.settle([(self._futures.pop(seq), None, as_raisable(error))])
+        self.maybe_retire(call)
 
-    def fail(self, error: BaseException) -> None:
+    def fail(self, call: Call, error: BaseException) -> None:
         actions: List[Tuple[Future, Any, BaseException]] = [
             (future, None, error) for future in self._futures.values()]
         self._futures.clear()
         while self._queue:
             _, future = self._queue.popleft()
             actions.append((future, _START, error))
-        self.inflight = 0
-        self.scheduler.settle(actions)
-        self._maybe_retire()
+        call.inflight = 0
+        call.scheduler.settle(actions)
+        self.maybe_retire(call)
 
-    def cancel_pending(self) -> List[Future]:
+    def finished(self, call: Call) -> None:
+        pass  # lives as long as its function is submitted
+
+    def cancel_pending(self, call: Call) -> List[Future]:
         """Take the queued futures out; the caller cancels them outside the lock."""
         futures = [future for _, future in self._queue]
         self._queue.clear()
-        self._maybe_retire()
+        self.maybe_retire(call)
         return futures
 
-    @property
-    def idle(self) -> bool:
-        return not self._queue and not self._futures and self.inflight == 0
+    def pending(self) -> List[Future]:
+        """Every future not settled yet: sent ones, then queued ones."""
+        return list(self._futures.values()) + [future for _, future in self._queue]
 
-    def _maybe_retire(self) -> None:
-        if self.retired and self.idle:
-            self.scheduler.forget(self)
+    def idle(self, call: Call) -> bool:
+        return not self._queue and not self._futures and call.inflight == 0
 
-    def _on_end(self) -> None:  # lives as long as its function is submitted
-        pass
+    def maybe_retire(self, call: Call) -> None:
+        if self.retired and self.idle(call):
+            call.scheduler.forget(call)
 
+
+def ordered_call(scheduler: "Scheduler", fn: Callable, items: Iterable, *, name: str = "",
+                 setup: Optional[Callable[[], Any]] = None,
+                 journal: Optional[Journaling] = None) -> Call:
+    """Results in input order: a job run, Cluster.map and imap."""
+    return Call(scheduler, fn, Feed(items), Stream(ordered=True), name=name, setup=setup,
+                journal=journal)
+
+
+def unordered_call(scheduler: "Scheduler", fn: Callable, items: Iterable, *,
+                   name: str = "") -> Call:
+    """Results as they arrive: imap_unordered."""
+    return Call(scheduler, fn, Feed(items), Stream(ordered=False), name=name)
+
+
+def future_call(scheduler: "Scheduler", fn: Callable, *, name: str = "",
+                policy: Optional[Policy] = None) -> Call:
+    """A future per taskunit, added one by one (Call.add): submit and on_each_host. Every
+    failure is its own future's, so the call keeps going."""
+    futures = Futures()
+    policy = dataclasses.replace(policy or scheduler.policy, keep_going=True)
+    return Call(scheduler, fn, futures, futures, policy=policy, name=name)
 
 _START = object()  # settle: the future was still pending; start it first (it may be cancelled)
 
@@ -853,7 +979,7 @@ class Scheduler:
         with self.cond:
             if not self.policy.speculate or self.requeued or self.closed is not None:
                 return
-            if any(not call.exhausted for call in self.calls if not isinstance(call, FutureCall)):
+            if any(not call.exhausted for call in self.calls if call.futures is None):
                 return
             idle = [w for w in self.workers if w.accepting and not w.inflight]
             if not idle:
@@ -939,7 +1065,7 @@ class Scheduler:
         self.stats["failed"] += 1
         going_on = call.policy.keep_going and call.error is None
         call.reject(batch.first_seq + index, error)   # (sets the id in split() order)
-        if going_on and not isinstance(call, FutureCall):  # the run goes on: say it now
+        if going_on and call.futures is None:  # the run goes on: say it now
             log.warning("taskunit %d failed on %s: %s", error.taskunit_id, worker.host_name,
                         error.problem)
             if error.remote_traceback:   # the log file keeps the whole story (INFO)
