@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import stat
 import sys
 import threading
 import time
@@ -27,8 +26,6 @@ from antnest.errors import (
     AntnestError,
     ForkedCluster,
     HostError,
-    JobCodeError,
-    JobFailed,
     NoHostsError,
     RunnerLost,
     TaskError,
@@ -36,10 +33,10 @@ from antnest.errors import (
     format_seconds,
 )
 from antnest.host import LOCAL, Host
+from antnest.jobrun import JobRun
 from antnest.limits import raise_open_files_limit
 from antnest.scheduler import (
     Call,
-    Failure,
     Policy,
     Scheduler,
     Tally,
@@ -205,6 +202,7 @@ class Cluster(Executor):
         self._shutdown = False
         self._running = False  # a first runner is up
         self._lock = threading.Lock()
+        self._job: Optional[JobRun] = None   # the current (or last) Cluster.run
         self._groups = [HostGroup(h, self) for h in host_list]
         self._stop_keepalive = threading.Event()
         started = time.monotonic()
@@ -314,8 +312,8 @@ class Cluster(Executor):
         detail = "every host failed to start" if errors else "every runner was lost"
         errors += [RunnerLost(g.name, g.last_loss) for g in self._groups
                    if g.last_loss and g.name not in self.host_errors]
-        tally = self.job_tally() if call is not None and call is getattr(self, "job_call", None) \
-            else None
+        run = self._job
+        tally = run.tally() if run is not None and call is run.call else None
         return NoHostsError(errors, detail + progress_of(call, tally))
 
     def host_failed(self, group: HostGroup, error: HostError) -> None:
@@ -473,88 +471,13 @@ class Cluster(Executor):
         if not isinstance(job, job_module.Job):
             job = job_module.load(job)
         plan = job.plan(input, output, input_data=input_data)
-        total = _length(plan.items)
-        feed = None
-        if journal is not None:
-            from antnest.journal import JournalFeed
-
-            feed = JournalFeed(journal, plan.items)
-            call = ordered_call(self.scheduler, plan.processor, feed.pending(), name=job.name,
-                                setup=plan.setup, journal=feed)
-        else:
-            call = ordered_call(self.scheduler, plan.processor, plan.items, name=job.name,
-                                setup=plan.setup)
-        self.job_call = call
-        self.job_feed = feed
-        self.job_total = total
-        recorder = self.scheduler.recorder
-        self.job_input = _InputGauge(plan.source)
-        recorder.input_size = self.job_input.size
-        shown = progress(total) if progress is not None else None
+        run = self._job = JobRun(self.scheduler, job, plan, journal)
+        self.scheduler.recorder.input_size = run.input.size
+        shown = progress(run.total) if progress is not None else None
         if shown is not None:
-            shown.set_input_size(self.job_input.size)
+            shown.set_input_size(run.input.size)
             shown.poll(self.job_progress)
-        timer = None
-        if timeout is not None:
-            timer = threading.Timer(timeout, lambda: self._expire(call, timeout))
-            timer.daemon = True
-            timer.start()
-        failures: List[TaskError] = []
-        combine_began: Optional[float] = None
-        try:
-            self.scheduler.add_call(call)
-
-            waiting = [0.0]   # time combine() spent waiting for results, not combining
-
-            def successes() -> Iterator[Any]:
-                values = call.results(with_failures=self.policy.keep_going)
-                if feed is not None:  # journaled results back in their places
-                    values = feed.results(values)
-                clock = time.monotonic
-                values = iter(values)
-                while True:
-                    asked = clock()
-                    try:
-                        value = next(values)
-                    except StopIteration:
-                        waiting[0] += clock() - asked
-                        return
-                    waiting[0] += clock() - asked
-                    if type(value) is Failure:
-                        failures.append(value.error)
-                        if not plan.failures_inline:
-                            continue
-                    yield value
-
-            combine_began = time.monotonic()
-            try:
-                value = plan.combine(successes(), failures)
-            except (AntnestError, BrokenPipeError):  # ours, or the output's reader left
-                raise
-            except Exception as exc:
-                where = "split()" if exc is call.input_error else "combine()"
-                raise JobCodeError(job.name, where, exc) from exc
-            # combine() may stop reading early; the call must still have ended cleanly.
-            if call.error is not None:
-                if call.error is call.input_error and not isinstance(call.error, AntnestError):
-                    raise JobCodeError(job.name, "split()", call.error) from call.error
-                raise call.error
-        finally:
-            if timer is not None:
-                timer.cancel()
-            recorder.input_seconds = call.input_seconds
-            if combine_began is not None:
-                recorder.combine_seconds = max(0.0, time.monotonic() - combine_began - waiting[0])
-            recorder.phases["combine_end"] = round(recorder.now(), 4)
-            if shown is not None:
-                shown.close()
-            plan.closer()
-            with self.scheduler.cond:
-                if not call.done:
-                    call.fail(UsageError("combine() stopped reading results"))
-        if failures:
-            raise JobFailed(failures, total=call.taken)
-        return value
+        return run.combine(self.policy.keep_going, timeout, shown)
 
     def last_call(self) -> None:
         """Say that the next call is the cluster's last (the CLI, antnest.run): when it ends
@@ -564,27 +487,24 @@ class Cluster(Executor):
     def job_tally(self) -> Optional[Tally]:
         """Where the last job run's taskunits are (done, failed, running, not started): the
         one count the progress line, the timeout message, the log and the report share."""
-        call = getattr(self, "job_call", None)
-        if call is None:
-            return None
-        feed = getattr(self, "job_feed", None)
-        return call.tally(total=getattr(self, "job_total", None),
-                          resumed=feed.skipped if feed is not None else 0)
+        run = self._job
+        return run.tally() if run is not None else None
 
     def job_progress(self) -> Tuple[Any, ...]:
         """(taskunits done, hosts busy, hosts usable, extras) of the running job, for
         Progress.poll; extras: failed, retried, runners lost, input bytes consumed."""
-        tally = self.job_tally()
-        call = self.job_call
+        run = self._job
+        assert run is not None, "job_progress() is polled during a job run"
+        tally = run.tally()
         workers = list(self.scheduler.workers)
         busy = {w.host_name for w in workers if w.inflight}
         usable = {w.host_name for w in workers if w.accepting}
-        done = tally.done + tally.failed if tally is not None else 0
-        extras = {"failed": len(call.failures), "retried": call.retried,
+        done = tally.done + tally.failed
+        extras = {"failed": len(run.call.failures), "retried": run.call.retried,
                   "lost": sum(g.state.lost for g in self._groups)}
-        gauge = getattr(self, "job_input", None)
-        if gauge is not None and gauge.size:
-            extras["bytes_done"] = gauge.consumed(done, call.taken)
+        bytes_done = run.bytes_done(done)
+        if bytes_done is not None:
+            extras["bytes_done"] = bytes_done
         return done, len(busy), len(usable), extras
 
     def run_record(self) -> Dict[str, Any]:
@@ -594,19 +514,10 @@ class Cluster(Executor):
     def job_counts(self) -> Dict[str, Any]:
         """What the report says about the last job run: done, failed, retried, resumed,
         in_flight, not_started, failures (TaskErrors). Zeros when no job ran."""
-        tally = self.job_tally()
-        call = getattr(self, "job_call", None)
-        if tally is None or call is None:
+        run = self._job
+        if run is None:
             return dict(done=0, failed=0, retried=0, resumed=0, failures=[])
-        return dict(done=tally.done, failed=tally.failed, retried=call.retried,
-                    resumed=tally.resumed, in_flight=tally.running,
-                    not_started=tally.not_started, failures=list(call.failures))
-
-    def _expire(self, call: Call, seconds: float) -> None:
-        with self.scheduler.cond:
-            tally = self.job_tally() if call is getattr(self, "job_call", None) else None
-            error = self.scheduler.timeout_error(seconds, call, tally)
-            call.fail(error)
+        return run.counts()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new work; pending work still runs (unless cancel_futures), then every runner stops
@@ -655,7 +566,7 @@ class Cluster(Executor):
             if call.futures is not None:
                 if not call.futures.idle(call):
                     return True
-            elif not call.done and call is not getattr(self, "job_call", None):
+            elif not call.done and (self._job is None or call is not self._job.call):
                 waiting_for_reader = call.inflight == 0 and not call.exhausted and \
                     call.taken - call.consumed >= call.ahead_limit()
                 if not (waiting_for_reader and _interpreter_exiting):
@@ -706,44 +617,6 @@ class Cluster(Executor):
 
 def _deref(reference: Any) -> Any:
     return reference() if type(reference) is weakref.ref else reference
-
-
-class _InputGauge:
-    """How much of an input file the finished taskunits stand for. split() reads ahead of
-    the work, so the read position is scaled by done / read: bytes per taskunit so far."""
-
-    def __init__(self, source: Any) -> None:
-        self.fd: Optional[int] = None
-        self.size: Optional[int] = None
-        try:
-            fd = source.fileno() if source is not None else None
-            if fd is not None:
-                info = os.fstat(fd)
-                if stat.S_ISREG(info.st_mode) and info.st_size > 0:
-                    self.fd, self.size = fd, info.st_size
-        except (AttributeError, OSError, ValueError):
-            pass
-
-    def consumed(self, done: int, taken: int) -> int:
-        if self.fd is None or not self.size:
-            return 0
-        try:
-            position = os.lseek(self.fd, 0, os.SEEK_CUR)
-        except OSError:
-            return 0
-        if taken <= 0:
-            return 0
-        if position >= self.size and done >= taken:
-            return self.size
-        return min(self.size, int(position * done / taken))
-
-
-def _length(items: Any) -> Optional[int]:
-    """How many taskunits, when split() returned something sized (a list); else None."""
-    try:
-        return len(items)
-    except TypeError:
-        return None
 
 
 def _raising_remote_types(call: Call, timer: Optional[threading.Timer]) -> Iterator[Any]:
