@@ -460,22 +460,91 @@ class _TextToLog(io.TextIOBase):
         self._writer.send(Kind.LOG, encode_log(self._current.batch, self._current.index, text))
 
 
-def _forward_fd_output(read_fd, writer, current):
-    """Bytes written straight to fds 1/2 (os.write, C code, child processes) become LOG frames."""
-    pending = b""
-    while True:
-        try:
-            chunk = os.read(read_fd, 65536)
-        except OSError:
-            return
-        if not chunk:
-            return
-        pending += chunk
-        if b"\n" not in pending and len(pending) < 65536:
-            continue
-        lines, _, pending = pending.rpartition(b"\n") if b"\n" in pending else (pending, b"", b"")
-        text = lines.decode("utf-8", "replace")
-        writer.send(Kind.LOG, encode_log(current.batch, current.index, text))
+class _FdOutput(object):
+    """Bytes written straight to fds 1/2 (os.write, C code, child processes) become LOG frames.
+
+    A thread forwards them as they come. drain() forwards, on the calling thread, whatever is in
+    the pipe now, partial last line included; the main thread calls it before RESULTS (and the
+    watchdog before TIMEOUT), so a taskunit's output always reaches the master before its
+    result, and never after the run ended. Reading and sending happen under one lock, so the
+    two readers cannot reorder lines. With nothing written, drain() costs one poll(0): an
+    empty pipe, then the lock free and no partial line held, means everything written before
+    the call has been sent (a read in progress holds the lock until its bytes are sent).
+    """
+
+    CHUNK = 65536
+    DRAIN_LIMIT = 1 << 20   # what fits in a pipe (Linux's largest default): "written so far"
+    DRAIN_WAIT = 5.0        # seconds drain() waits for the thread to finish a send
+
+    def __init__(self, fd, writer, current):
+        self.fd = fd
+        self.writer = writer
+        self.current = current
+        self.lock = threading.Lock()
+        self.pending = b""
+        os.set_blocking(fd, False)
+        import select
+
+        self._poll = select.poll()     # drain()'s; a poll object is not shared between threads
+        self._poll.register(fd, select.POLLIN)
+        self._thread_poll = select.poll()
+        self._thread_poll.register(fd, select.POLLIN)
+
+    def run(self):
+        """The forwarding thread: wait until the pipe is readable, then forward what is there."""
+        while True:
+            try:
+                self._thread_poll.poll()
+            except (OSError, ValueError):
+                return
+            with self.lock:
+                if not self._forward(self.DRAIN_LIMIT, partial=False):
+                    return
+
+    def drain(self):
+        """Forward everything written to fds 1/2 so far; bounded by DRAIN_WAIT and DRAIN_LIMIT."""
+        if not self._poll.poll(0) and not self.lock.locked() and not self.pending:
+            return   # in this order: see the class docstring
+        if self.lock.acquire(True, self.DRAIN_WAIT):
+            try:
+                self._forward(self.DRAIN_LIMIT, partial=True)
+            finally:
+                self.lock.release()
+
+    def _forward(self, limit, partial):
+        """Read up to `limit` bytes that are there (lock held); False at EOF or a dead fd."""
+        alive = True
+        got = 0
+        while got < limit:
+            try:
+                chunk = os.read(self.fd, self.CHUNK)
+            except BlockingIOError:
+                break
+            except OSError:
+                alive = False
+                break
+            if not chunk:
+                alive = False
+                break
+            got += len(chunk)
+            self.pending += chunk
+            if b"\n" in chunk or len(self.pending) >= self.CHUNK:
+                lines, newline, rest = self.pending.rpartition(b"\n")
+                if newline:
+                    self._send(lines)
+                    self.pending = rest
+                else:  # a long run without a newline
+                    self._send(self.pending)
+                    self.pending = b""
+        if self.pending and (partial or not alive):
+            self._send(self.pending)
+            self.pending = b""
+        return alive
+
+    def _send(self, data):
+        current = self.current
+        self.writer.send(Kind.LOG, encode_log(current.batch, current.index,
+                                              data.decode("utf-8", "replace")))
 
 
 def _read_exact(fd, n):
@@ -899,6 +968,7 @@ class _Runner(object):
         self.last_heard = time.monotonic()
         self._in = proto_in
         self.owning = None
+        self.fd_output = None  # _FdOutput: fds 1/2 forwarded as LOG frames
         # What the main thread does with each kind; PING and BYE stop at the reader thread.
         self.handlers = {Kind.JOB: self._load_job, Kind.TASKS: self._on_tasks,
                          Kind.SOURCES: self._on_sources}
@@ -942,9 +1012,13 @@ class _Runner(object):
             cur = self.current
             if self.task_timeout and cur.batch is not None and cur.index >= 0:
                 elapsed = now - cur.started
-                if elapsed > self.task_timeout:
-                    batch, index, unsent = cur.batch, cur.index, cur.unsent
+                batch, index, unsent = cur.batch, cur.index, cur.unsent
+                if unsent is not None and len(unsent[1]) > index - unsent[0]:
+                    pass  # that taskunit has returned: the main thread is flushing its output
+                elif elapsed > self.task_timeout:
                     try:
+                        if self.fd_output is not None:  # its output before its TIMEOUT
+                            self.fd_output.drain()
                         if unsent is not None:
                             offset, values, errors, start = unsent
                             done = values[:index - offset]  # the main thread is stuck in fn
@@ -1099,18 +1173,21 @@ class _Runner(object):
                 errors = {}
                 start = now
                 cur.unsent = (offset, values, errors, start)
+        self._flush_output()   # while cur.index still names the last taskunit
         cur.index = -1
         cur.unsent = None
-        self._flush_output()
         self._send_results(batch_id, offset, values, errors, clock() - start)
         cur.batch = None
 
     def _flush_output(self):
+        """Everything the task printed or wrote to fds 1/2 goes out before what follows."""
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:  # a user replaced sys.stdout with something odd
                 pass
+        if self.fd_output is not None:
+            self.fd_output.drain()
 
     def _send_results(self, batch_id, offset, values, errors, elapsed):
         self.writer.send(Kind.RESULTS, encode_results(batch_id, offset, values, errors, elapsed))
@@ -1334,10 +1411,11 @@ def main(shipped=None, cloudpickle_version=None):
     sys.meta_path.insert(0, _SOURCES)
     sys.meta_path.append(forwarder)
     runner = _Runner(proto_in, writer, current, forwarder)
+    fd_output = runner.fd_output = _FdOutput(read_fd, writer, current)
     runner.owning = owning
     for target in (runner.read_loop, runner.watchdog):
         threading.Thread(target=target, daemon=True).start()
-    threading.Thread(target=_forward_fd_output, args=(read_fd, writer, current), daemon=True).start()
+    threading.Thread(target=fd_output.run, daemon=True).start()
     try:
         runner.serve()
     except BaseException:
@@ -1345,6 +1423,7 @@ def main(shipped=None, cloudpickle_version=None):
 
         text = traceback.format_exc()
         try:
+            fd_output.drain()
             writer.send(Kind.FATAL, encode_fatal(text))
         finally:
             os.write(fatal_fd, text.encode())

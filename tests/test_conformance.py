@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import io
+import logging
 import os
 import re
 import threading
@@ -140,6 +141,44 @@ def test_fd_writes_in_processor_go_to_stderr_with_host_label(target: Target, run
             lines = log_lines(result.stderr, text)
             assert len(lines) == 1, result.stderr
             prefix_host(lines[0], text, target)
+
+
+def child_writes_last(item: int) -> int:
+    """A child process writes to fd 1 (and fd 2) just before the processor returns."""
+    import subprocess
+
+    subprocess.run(["sh", "-c", f"echo child-out {item}; echo child-err {item} >&2"])
+    return item
+
+
+class _Captured(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_fd_output_of_a_taskunit_arrives_before_its_result(target: Target) -> None:
+    """What a taskunit's children wrote to fd 1/2 reaches the master's log before the master
+    has that taskunit's result: never after the run ended, so never lost (many iterations:
+    without the ordering, the output thread loses the race within a few)."""
+    remote = logging.getLogger("antnest.remote")
+    captured = _Captured()
+    level = remote.level
+    remote.setLevel(logging.INFO)
+    remote.addHandler(captured)
+    try:
+        with antnest.Cluster(**target.cluster_kwargs) as cluster:
+            for item in cluster.imap(child_writes_last, range(150)):
+                seen = "\n".join(captured.lines)
+                for stream in ("out", "err"):
+                    assert re.search(rf"\bchild-{stream} {item}$", seen, re.M), \
+                        f"result {item} came before its output: {seen[-500:]!r}"
+    finally:
+        remote.removeHandler(captured)
+        remote.setLevel(level)
 
 
 def test_processor_exception_fails_the_run(target: Target, run_cli) -> None:

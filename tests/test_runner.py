@@ -337,20 +337,59 @@ def test_output_of_the_processor_becomes_log_frames(runner: LiveRunner) -> None:
     runner.send_tasks(60, 1, [0, 1])
     values, errors, logs = runner.collect(60, 2)
     assert values == [100, 101] and errors == {}
-    # fd writes go through a pipe and a thread: they may come after the RESULTS frame
+    # fd writes go through a pipe, forwarded by a thread and drained before RESULTS
     texts = [text for _, _, text in logs]
     wanted = {f"{what} {x}" for x in (0, 1) for what in ("printed", "to stderr", "fd1", "fd2")}
-    while not wanted <= set("\n".join(texts).splitlines()):
-        frame = runner.next()
-        assert frame is not None
-        if frame[0] == Kind.LOG:
-            texts.append(decode_log(frame[1])[2])
     lines = "\n".join(texts).splitlines()
     assert sorted(line for line in lines if line in wanted) == sorted(wanted)  # each once
     # print() is attributed exactly to its taskunit
     by_text = {text: (batch, index) for batch, index, text in logs}
     assert by_text["printed 0"] == (60, 0)
     assert by_text["printed 1"] == (60, 1)
+
+
+def child_writes(x):
+    """A child process writes a line and a line without its newline, then the task returns."""
+    import subprocess
+
+    subprocess.run(["sh", "-c", f"echo child line {x}; printf 'child partial {x}' >&2"])
+    return x
+
+
+def test_what_a_child_wrote_arrives_before_the_result_of_its_taskunit(runner: LiveRunner) -> None:
+    runner.hello()
+    runner.send_job(1, child_writes)
+    for batch in range(100, 130):
+        runner.send_tasks(batch, 1, [batch])
+        values, errors, logs = runner.collect(batch, 1)
+        assert values == [batch] and errors == {}
+        lines = [(b, i, line) for b, i, text in logs for line in text.splitlines()]
+        for text in (f"child line {batch}", f"child partial {batch}"):
+            assert (batch, 0, text) in lines, (text, logs)
+
+
+def child_writes_then_hangs(x):
+    import subprocess
+
+    subprocess.run(["printf", "no newline yet"])
+    time.sleep(60)
+    return x
+
+
+def test_what_a_child_wrote_arrives_before_timeout(runner: LiveRunner) -> None:
+    runner.hello()
+    runner.send_job(1, child_writes_then_hangs, task_timeout=0.5)
+    runner.send_tasks(90, 1, ["slow"])
+    logs = []
+    while True:
+        frame = runner.next()
+        assert frame is not None, "the runner left without a TIMEOUT frame"
+        if frame[0] == Kind.TIMEOUT:
+            break
+        if frame[0] == Kind.LOG:
+            logs.append(decode_log(frame[1]))
+    assert (90, 0, "no newline yet") in logs
+    assert runner.wait_exit()
 
 
 def sleeper(x):
