@@ -254,20 +254,88 @@ def decode_undecodable(payload):
     return batch_id, (blob, _str(type_name), _str(message), _str(text))
 
 
+OUT_OF_BAND = 1 << 20   # a result that is a bytes this big travels after the pickle, uncopied
+OOB_TRAILER = struct.Struct(">IB")   # how many such buffers, OOB_MARK (a pickle ends with ".")
+OOB_MARK = 0x42
+try:
+    _PickleBuffer = pickle.PickleBuffer   # Python 3.8+
+except AttributeError:  # pragma: no cover - 3.6 and 3.7 hosts: every result in the pickle
+    _PickleBuffer = None
+
+
 def encode_results(batch_id, offset, values, errors, elapsed, protocol=None):
     """values[i] is the result of item offset+i of the batch; errors {offset+i: _describe_error}.
     A value the stdlib pickle refuses goes through cloudpickle; one nothing pickles becomes
     that item's error instead of losing the batch."""
+    return b"".join(results_parts(batch_id, offset, values, errors, elapsed, protocol))
+
+
+def results_parts(batch_id, offset, values, errors, elapsed, protocol=None):
+    """encode_results' payload as a list of buffers, for _Writer.send_parts. A result that is a
+    bytes of OUT_OF_BAND or more is a pickle protocol 5 out-of-band buffer placed after the
+    pickle (then each buffer's u64 length, then OOB_TRAILER): the runner never copies it into
+    the pickle nor into the frame, and the master copies it once, into the result."""
+    protocol = _proto(protocol)
+    big = ()
+    if protocol >= 5 and _PickleBuffer is not None:
+        big = [i for i, value in enumerate(values)
+               if type(value) is bytes and len(value) >= OUT_OF_BAND]
     record = (batch_id, offset, values, errors, elapsed)
+    if not big:
+        try:
+            return [pickle.dumps(record, protocol=protocol)]
+        except BaseException:  # even SystemExit from a __reduce__: the fallback sorts it out
+            return [_pickle_with_fallback(record, protocol)]
+    shown = list(values)
+    ours = set()
+    for i in big:
+        shown[i] = _PickleBuffer(values[i])
+        ours.add(id(shown[i]))
+    buffers = []
+
+    def out_of_band(buffer):  # only ours: other objects' buffers (numpy...) stay in the pickle
+        if id(buffer) in ours:
+            buffers.append(buffer.raw())
+            return False
+        return True
     try:
-        return pickle.dumps(record, protocol=_proto(protocol))
-    except BaseException:  # even SystemExit from a __reduce__: the fallback sorts it out
-        return _pickle_with_fallback(record, protocol)
+        head = pickle.dumps((batch_id, offset, shown, errors, elapsed), protocol=protocol,
+                            buffer_callback=out_of_band)
+    except BaseException:
+        return [_pickle_with_fallback(record, protocol)]
+    del shown
+    trailer = struct.pack(">%dQ" % len(buffers), *[b.nbytes for b in buffers])
+    return [head] + buffers + [trailer + OOB_TRAILER.pack(len(buffers), OOB_MARK)]
 
 
 def decode_results(payload):
-    """(batch_id, offset, values, errors, elapsed)"""
-    batch_id, offset, values, errors, elapsed = pickle.loads(payload)
+    """(batch_id, offset, values, errors, elapsed); payload is any bytes-like object."""
+    if payload[-1:] == b".":   # the whole record in the pickle
+        batch_id, offset, values, errors, elapsed = pickle.loads(payload)
+        return batch_id, offset, values, errors, elapsed
+    view = memoryview(payload)
+    try:
+        count, mark = OOB_TRAILER.unpack_from(view, len(view) - OOB_TRAILER.size)
+        if mark != OOB_MARK:
+            raise ValueError("not a RESULTS record")
+        lengths_at = len(view) - OOB_TRAILER.size - 8 * count
+        lengths = struct.unpack_from(">%dQ" % count, view, lengths_at)
+        at = lengths_at - sum(lengths)
+        if at < 0:
+            raise ValueError("RESULTS record cut short")
+        buffers = []
+        for size in lengths:
+            buffers.append(view[at:at + size])
+            at += size
+        batch_id, offset, values, errors, elapsed = pickle.loads(view, buffers=buffers)
+        for i, value in enumerate(values):
+            if type(value) is memoryview:   # one of ours: nothing else unpickles as one
+                values[i] = value.tobytes()
+                value.release()
+        for buffer in buffers:
+            buffer.release()
+    finally:
+        view.release()
     return batch_id, offset, values, errors, elapsed
 
 
@@ -411,11 +479,25 @@ class _Writer(object):
         self._lock = threading.Lock()
 
     def send(self, kind, payload):
-        data = memoryview(encode(kind, payload))
+        self.send_parts(kind, [payload])
+
+    def send_parts(self, kind, parts):
+        """One frame whose payload is `parts` (bytes or flat byte memoryviews) joined, written
+        with writev instead: a big result is never copied into a frame."""
+        size = 0
+        for part in parts:
+            size += len(part)
+        parts = [HEADER.pack(size, kind)] + [part for part in parts if len(part)]
         with self._lock:
-            while data:
-                written = os.write(self._fd, data)
-                data = data[written:]
+            while parts:
+                written = os.writev(self._fd, parts)
+                while written:
+                    first = len(parts[0])
+                    if written < first:
+                        parts[0] = memoryview(parts[0])[written:]
+                        break
+                    written -= first
+                    del parts[0]
 
 
 class _Current(object):
@@ -1190,7 +1272,8 @@ class _Runner(object):
             self.fd_output.drain()
 
     def _send_results(self, batch_id, offset, values, errors, elapsed):
-        self.writer.send(Kind.RESULTS, encode_results(batch_id, offset, values, errors, elapsed))
+        self.writer.send_parts(Kind.RESULTS, results_parts(batch_id, offset, values, errors,
+                                                           elapsed))
 
 
 def _pickle_with_fallback(record, protocol=None):

@@ -183,3 +183,59 @@ def test_undecodable_and_setup_failed_keep_every_field() -> None:
     assert runner.decode_setup_failed(runner.encode_setup_failed("workdir", "")) == ("workdir", "")
     with pytest.raises(ValueError):
         runner.decode_setup_failed(runner.encode_setup_failed("workdir", "text")[:-1])
+
+
+class _OwnBuffer:
+    """An object whose pickle offers its own protocol 5 buffer (as numpy arrays do)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: int):
+        import pickle
+
+        return (_OwnBuffer, (pickle.PickleBuffer(self.data),)) if protocol >= 5 else \
+            (_OwnBuffer, (self.data,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _OwnBuffer) and bytes(other.data) == bytes(self.data)
+
+
+def test_a_big_bytes_result_travels_after_the_pickle_and_comes_back_as_bytes() -> None:
+    big = bytes(range(256)) * (runner.OUT_OF_BAND // 256 + 1)
+    values = [big, 1, b"small", bytearray(b"b" * runner.OUT_OF_BAND), _OwnBuffer(b"o" * 100), big]
+    parts = runner.results_parts(7, 2, values, {3: (None, "builtins.E", "m", "tb")}, 0.5)
+    # the big bytes are the very objects given, not copies in a pickle
+    assert sum(1 for p in parts if isinstance(p, memoryview) and p.obj is big) == 2
+    payload = b"".join(parts)
+    assert payload == runner.encode_results(7, 2, values, {3: (None, "builtins.E", "m", "tb")}, 0.5)
+    assert len(payload) < 2 * len(big) + 2 * runner.OUT_OF_BAND
+    for given in (payload, bytearray(payload), memoryview(payload)):
+        batch, offset, got, errors, elapsed = runner.decode_results(given)
+        assert (batch, offset, got, errors, elapsed) == (7, 2, values, {3: (None, "builtins.E", "m", "tb")}, 0.5)
+        assert [type(v) for v in got] == [type(v) for v in values]
+    # small results (and hosts on Python < 3.8, or protocol 4) stay one plain pickle
+    assert runner.encode_results(1, 0, [b"x"], {}, 0.0)[-1:] == b"."
+    assert runner.encode_results(1, 0, [big], {}, 0.0, protocol=4)[-1:] == b"."
+    assert runner.decode_results(runner.encode_results(1, 0, [big], {}, 0.0, protocol=4))[2] == [big]
+
+
+def test_the_writer_sends_parts_as_one_frame_without_joining_them() -> None:
+    import os
+    import threading
+
+    read_fd, write_fd = os.pipe()
+    try:
+        writer = runner._Writer(write_fd)
+        big = b"z" * (3 << 20)   # far more than a pipe holds
+        parts = [b"head", memoryview(big), b"", b"tail"]
+        sender = threading.Thread(target=lambda: (writer.send_parts(Kind.RESULTS, parts),
+                                                  writer.send(Kind.PING, b"")))
+        sender.start()
+        reader = runner.FrameReader(lambda n: os.read(read_fd, n))
+        assert reader.next() == (Kind.RESULTS, b"head" + big + b"tail")
+        assert reader.next() == (Kind.PING, b"")
+        sender.join(10)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
