@@ -1,6 +1,7 @@
 """`antnest run --dry-run`: what a run would do, without connecting to anything.
 
-It resolves the hosts (as `antnest inventory` shows them, with env and workdir), loads the job,
+It resolves the hosts (as `antnest inventory` shows them, with env and workdir, and where each
+one's Connection would lead, from the transport itself), loads the job,
 runs split() just far enough to show the first taskunits, counts them when that is cheap (a
 sized split, or a file's size), and says what --resume would skip. Exit 0 when the run would
 start, 2 for bad input (a job file, inventory, argument, or a split() that raises).
@@ -15,7 +16,8 @@ from typing import Any, List, Optional
 
 import antnest
 from antnest import environment
-from antnest.errors import UsageError
+from antnest.errors import HostError, UsageError
+from antnest.transport import SshOptions, open_connection
 
 SHOWN = 5  # taskunits printed
 
@@ -38,11 +40,12 @@ def dry_run(args: argparse.Namespace, out: Any = None) -> int:
           + (", setup() once per runner" if job.setup is not None else ""))
     pace = f"at most {args.forks} connecting at once" if args.forks else "connecting in parallel"
     write(f"hosts ({len(hosts)}, {pace}):")
+    options = SshOptions(ssh_client=getattr(args, "ssh_client", None) or "paramiko")
     for host, row in zip(hosts, describe(hosts)):
-        if host.local:
-            where = "local processes"
-        else:
-            where = f"{row['user'] + '@' if row['user'] else ''}{row['address']}:{row['port']}"
+        try:   # a connection object, not connected: it says where it would lead
+            where = open_connection(host, options).where()
+        except HostError as exc:   # a transport that cannot even say (unknown, unregistered)
+            where = f"cannot be used: {exc.problem}"
         extras = [f"python={row['python']}", f"procs={row['procs']}"]
         if row["jump"]:
             extras.append("via " + " -> ".join(row["jump"]))

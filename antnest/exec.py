@@ -1,7 +1,8 @@
 """`antnest exec`: one shell command on every host at once, over plain exec channels.
 
 No runner and no Python are needed on the hosts: this is how to look at a fleet, or install
-what a job needs (`antnest exec -i hosts.yaml -- pip install --user numpy`). Output lines are
+what a job needs (`antnest exec -i hosts.yaml -- pip install --user numpy`). Each host is reached
+through its Connection (antnest.transport), whatever its transport. Output lines are
 tagged with the host (`[web1] ...`) as they arrive, or grouped per host; a summary follows.
 Nothing ever prompts: there is no pty and the command's stdin is closed at once.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -19,9 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 from antnest import environment
 from antnest.errors import HostError, UsageError
 from antnest.host import Host
-from antnest.transport import SshOptions
-
-POLL = 0.01  # seconds between looks at an SSH channel with nothing to read
+from antnest.transport import CommandExit, SshOptions, open_connection
 
 LineSink = Callable[[str, str, str], None]   # (host name, "stdout" | "stderr", line)
 
@@ -97,10 +95,7 @@ def run_command(hosts: Sequence[Host], command: str, options: SshOptions, *, for
                                             environment.host_workdir(host, workdir)) + command
             started = time.monotonic()
             try:
-                if host.local:
-                    _run_local(full, run, timeout, stop, on_line, keep_output)
-                else:
-                    _run_ssh(host, full, options, run, timeout, stop, on_line, keep_output)
+                _run_on(host, full, options, run, timeout, stop, on_line, keep_output)
             except HostError as exc:
                 run.status, run.error = exc.status, str(exc)
             run.seconds = round(time.monotonic() - started, 3)
@@ -123,109 +118,38 @@ def run_command(hosts: Sequence[Host], command: str, options: SshOptions, *, for
     return runs
 
 
-def _finish(run: HostRun, code: Optional[int], timed_out: bool, stopped: bool,
-            timeout: Optional[float]) -> None:
-    if timed_out:
+def _finish(run: HostRun, ended: CommandExit, timeout: Optional[float]) -> None:
+    if ended.timed_out:
         run.status = "timeout"
         run.error = (f"{run.name}: still running after {timeout:g} s (--timeout); its channel "
                      "was closed")
-    elif stopped:
+    elif ended.stopped:
         run.status = "interrupted"
-    elif code is None or code < 0:
+    elif ended.status is None or ended.status < 0:
         run.status = "failed"
         run.error = f"{run.name}: the command was killed by a signal"
     else:
-        run.exit_status = code
-        run.status = "ok" if code == 0 else "failed"
+        run.exit_status = ended.status
+        run.status = "ok" if ended.status == 0 else "failed"
 
 
-def _run_ssh(host: Host, command: str, options: SshOptions, run: HostRun,
-             timeout: Optional[float], stop: threading.Event, sink: Optional[LineSink],
-             keep: bool) -> None:
-    """Through the host's SSH client (paramiko: an exec channel; openssh: an ssh session over
-    the master), chosen as for runners (ssh_client:, --ssh-client)."""
-    from antnest.transport import ssh_connection
-
-    connection = ssh_connection(host, options)
+def _run_on(host: Host, command: str, options: SshOptions, run: HostRun,
+            timeout: Optional[float], stop: threading.Event, sink: Optional[LineSink],
+            keep: bool) -> None:
+    """Through the host's connection, as its runners would go (Host.transport; for SSH the
+    client ssh_client: or --ssh-client picks): the seam's run_command, nothing else."""
+    lines = {"stdout": _Lines(run, "stdout", sink, keep),
+             "stderr": _Lines(run, "stderr", sink, keep)}
+    connection = open_connection(host, options)
     try:
-        connection.connect()
-        handle = connection.open_command(command)
-        run.reached = True
-        if isinstance(handle, subprocess.Popen):  # the ssh binary: its pipes, like a local one
-            _run_process(handle, run, timeout, stop, sink, keep)
-            return
-        channel = handle
-        out, err = _Lines(run, "stdout", sink, keep), _Lines(run, "stderr", sink, keep)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        timed_out = False
-        while True:
-            busy = False
-            if channel.recv_ready():
-                out.feed(channel.recv(65536))
-                busy = True
-            if channel.recv_stderr_ready():
-                err.feed(channel.recv_stderr(65536))
-                busy = True
-            ended = channel.eof_received or channel.closed
-            if not busy and ended and channel.exit_status_ready():
-                break
-            if stop.is_set() or (deadline is not None and time.monotonic() > deadline):
-                timed_out = not stop.is_set()
-                break
-            if not busy:
-                time.sleep(POLL)
-        out.end()
-        err.end()
-        code = channel.recv_exit_status() if channel.exit_status_ready() else None
-        channel.close()
-        _finish(run, code, timed_out, stop.is_set() and code is None, timeout)
+        ended = connection.run_command(command, lambda stream, data: lines[stream].feed(data),
+                                       timeout, stop)
     finally:
         connection.close()
-
-
-def _run_local(command: str, run: HostRun, timeout: Optional[float], stop: threading.Event,
-               sink: Optional[LineSink], keep: bool) -> None:
-    """A host with transport local (ansible_connection=local): the command under /bin/sh."""
-    proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
     run.reached = True
-    _run_process(proc, run, timeout, stop, sink, keep)
-
-
-def _run_process(proc: "subprocess.Popen[bytes]", run: HostRun, timeout: Optional[float],
-                 stop: threading.Event, sink: Optional[LineSink], keep: bool) -> None:
-    """Read a child's two pipes into lines until it exits; kill its group past the timeout."""
-    import os
-    import signal
-
-    readers = []
-    for stream, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
-        lines = _Lines(run, stream, sink, keep)
-
-        def pump(pipe: Any = pipe, lines: _Lines = lines) -> None:
-            for chunk in iter(lambda: pipe.read1(65536), b""):
-                lines.feed(chunk)
-            lines.end()
-
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
-        readers.append(reader)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    timed_out = False
-    while proc.poll() is None:
-        if stop.is_set() or (deadline is not None and time.monotonic() > deadline):
-            timed_out = not stop.is_set()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            break
-        time.sleep(POLL)
-    code = proc.wait()
-    for reader in readers:
-        reader.join(2)
-    _finish(run, code, timed_out, stop.is_set(), timeout)
+    for stream in lines.values():
+        stream.end()
+    _finish(run, ended, timeout)
 
 
 # -- the command line ---------------------------------------------------------------------------

@@ -138,6 +138,57 @@ def test_exec_needs_a_command_and_hosts(run_cli: Any) -> None:
     assert run_cli("exec", "--", "true").returncode == 2
 
 
+def test_exec_on_a_local_host_goes_through_its_connection() -> None:
+    """transport local: the command under /bin/sh, streamed, exit status kept; the timeout
+    stops the whole of it."""
+    from antnest import exec as exec_module
+    from antnest.host import LOCAL
+    from antnest.transport import SshOptions
+
+    seen: List[Any] = []
+    done, = exec_module.run_command([LOCAL], "echo out; echo err >&2; exit 3", SshOptions(),
+                                    on_line=lambda *line: seen.append(line), keep_output=True)
+    assert (done.status, done.exit_status, done.reached) == ("failed", 3, True)
+    assert done.stdout == ["out"] and done.stderr == ["err"]
+    assert ("local", "stdout", "out") in seen and ("local", "stderr", "err") in seen
+    slow, = exec_module.run_command([LOCAL], "sleep 30 & sleep 30", SshOptions(), timeout=0.3)
+    assert slow.status == "timeout" and "still running after 0.3 s" in (slow.error or "")
+
+
+def test_exec_on_in_memory_hosts_statuses_and_exit_code() -> None:
+    """Every way a host's command can end, through the in-memory transport's run_command: no
+    sshd, no process; exec.py sees only the Connection seam."""
+    import uuid
+
+    from antnest import exec as exec_module
+    from antnest.host import Host
+    from antnest.transport import SshOptions, memory
+
+    tag = uuid.uuid4().hex[:8]
+    answers = {"ok": (0, b"one\ntwo", b""), "fails": (2, b"", b"bad\n"), "hangs": None}
+    hosts = []
+    for name in ("ok", "fails", "hangs", "no-shell"):
+        script = memory.register(f"{tag}-{name}", memory.Script())
+        if name in answers:
+            script.command = (lambda answer: lambda command: answer)(answers[name])
+        hosts.append(Host(name=name, address=f"{tag}-{name}", transport="memory"))
+    hosts.append(Host(name="unknown", address=f"{tag}-unknown", transport="memory"))
+    try:
+        runs = exec_module.run_command(hosts, "uptime", SshOptions(), timeout=0.2,
+                                       keep_output=True)
+    finally:
+        for host in hosts:
+            memory.unregister(host.address)
+    by_name = {run.name: run for run in runs}
+    assert by_name["ok"].status == "ok" and by_name["ok"].stdout == ["one", "two"]
+    assert by_name["fails"].exit_status == 2 and by_name["fails"].stderr == ["bad"]
+    assert by_name["hangs"].status == "timeout" and by_name["hangs"].reached
+    assert not by_name["no-shell"].reached and "runs no shell commands" in by_name["no-shell"].error
+    assert not by_name["unknown"].reached and by_name["unknown"].status == "unreachable"
+    assert exec_module.exit_code(runs) == exec_module.EXIT_SOME_FAILED
+    assert "5 host(s): 1 exited 0, 2 failed, 2 not reached" in exec_module.format_summary(runs)
+
+
 # -- setup(), initializer, shared data ------------------------------------------------------------
 
 SETUP_JOB = '''
@@ -340,7 +391,7 @@ def test_dry_run_connects_to_nothing(tmp_path: Path, run_cli: Any, blackhole: An
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "hosts (2, at most 3 connecting at once)" in out
-    assert f"{blackhole.address}:{blackhole.port}" in out and "env=X workdir=/w" in out
+    assert f"{blackhole.address}:{blackhole.port} (paramiko)" in out and "env=X workdir=/w" in out
     assert "0: 'line 0'" in out and "4: 'line 4'" in out and "5: " not in out
     assert f"{data.stat().st_size} bytes" in out
     assert blackhole.accepted == []
@@ -356,7 +407,7 @@ def test_dry_run_counts_sized_input_and_shows_what_resume_skips(tmp_path: Path,
     assert first.returncode == 1
     done = run_cli("run", "--dry-run", "--journal", journal, "--resume", job)
     assert done.returncode == 0, done.stderr
-    assert "taskunits: 4" in done.stdout
+    assert "taskunits: 4" in done.stdout and "\tlocal processes\t" in done.stdout
     assert "holds 3 finished taskunit(s); they would be skipped" in done.stdout
 
 

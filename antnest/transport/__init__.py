@@ -1,6 +1,7 @@
 """The transport seam: how a host is reached and a runner process started and talked to.
 
-A `Connection` is one host's link (connect, open a runner, alive?, close); each runner it opens
+A `Connection` is one host's link (connect, open a runner, alive?, close; and for `antnest exec`
+and `--dry-run`, run a plain shell command and say where it leads); each runner it opens
 is a `RunnerProcess` (bytes in, bytes out, a receive timeout, close, kill, and what the process
 said on its real stderr when it died). `Host.transport` names the connection in `TRANSPORTS`:
 
@@ -20,8 +21,9 @@ import importlib
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Protocol, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, Type
 
 from antnest.host import Host, HostStatus
 
@@ -76,6 +78,32 @@ class Connection(Protocol):
     def close(self) -> None:
         """Drop the link; runners still open on it end."""
 
+    def run_command(self, command: str, output: "OutputSink", timeout: Optional[float],
+                    stop: threading.Event) -> "CommandExit":
+        """Run a plain shell command on the host (`antnest exec`): no runner, no pty, stdin
+        closed at once so nothing can wait for input; connects first when not connected.
+        Its output goes to `output` as it arrives (called from one thread per stream at most).
+        Returns when the command exits, once `timeout` seconds passed, or within STOP_CHECK
+        of `stop` being set; then the command is killed or its channel closed. Raises a
+        HostError when the command cannot be started."""
+
+    def where(self) -> str:
+        """Where the host's runners would run, said without connecting (`antnest run
+        --dry-run`): "local processes", "alice@10.0.0.1:22 (paramiko)"."""
+
+
+OutputSink = Callable[[str, bytes], None]   # ("stdout" or "stderr", bytes as they arrive)
+STOP_CHECK = 0.1   # seconds a running plain command may take to notice its `stop` event
+
+
+@dataclass(frozen=True)
+class CommandExit:
+    """How a plain command (Connection.run_command) ended."""
+
+    status: Optional[int]     # its exit status; negative: killed by that signal; None: none came
+    timed_out: bool = False   # ended by the timeout
+    stopped: bool = False     # ended by `stop`
+
 
 def open_connection(host: Host, options: "SshOptions") -> "Connection":
     """The connection `host.transport` names (not connected yet); its module loads now."""
@@ -128,9 +156,9 @@ def ssh_client_for(host: "Host", options: SshOptions) -> str:
     return client
 
 
-def ssh_connection(host: Host, options: "SshOptions") -> Any:
-    """The connection object of the chosen client (both: connect, open_runner, is_alive,
-    close). paramiko and fabric load only when a host uses them."""
+def ssh_connection(host: Host, options: "SshOptions") -> Connection:
+    """The connection of the chosen client (paramiko's or the ssh binary's); paramiko and
+    fabric load only when a host uses them."""
     if ssh_client_for(host, options) == "openssh":
         from antnest.transport.openssh import OpenSshConnection
 

@@ -15,6 +15,7 @@ from antnest import bootstrap
 from antnest.errors import BootstrapError
 from antnest.host import Host, HostStatus
 from antnest.transport import SshOptions, describe_exit
+from antnest.transport import CommandExit, Connection, OutputSink
 
 
 class LocalConnection:
@@ -38,8 +39,25 @@ class LocalConnection:
     def close(self) -> None:
         pass
 
+    def run_command(self, command: str, output: OutputSink, timeout: Optional[float],
+                    stop: threading.Event) -> CommandExit:
+        """The command under /bin/sh, a child of the master in a session of its own."""
+        from antnest.transport.command import stream_process
 
-def open_connection(host: Host, options: SshOptions) -> LocalConnection:
+        try:
+            proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True)
+        except OSError as exc:
+            raise BootstrapError(self.host.name, f"cannot start /bin/sh: "
+                                 f"{exc.strerror or exc}", status=HostStatus.ERROR) from None
+        return stream_process(proc, output, timeout, stop)
+
+    def where(self) -> str:
+        return "local processes"
+
+
+def open_connection(host: Host, options: SshOptions) -> Connection:
     return LocalConnection(host)
 
 

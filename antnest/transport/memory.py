@@ -23,6 +23,7 @@ from antnest.errors import HostError
 from antnest.host import Host, HostStatus
 from antnest.runner import HEADER, Kind
 from antnest.transport import SshOptions, describe_exit
+from antnest.transport import STOP_CHECK, CommandExit, Connection, OutputSink
 
 # What a script may answer for one taskunit (anything else: run it as a runner would).
 RUN = "run"          # call the function; an exception is that taskunit's error
@@ -50,6 +51,9 @@ class Script:
         self.cpus = cpus
         self.flush_every = flush_every  # send partial RESULTS every n taskunits (0: per batch)
         self.refuse = refuse            # connect() raises this
+        # antnest exec: command -> (exit status, stdout, stderr), or None: it runs until
+        # stopped or timed out. Unset, the host runs no shell commands.
+        self.command: Optional[Callable[[str], Optional[Tuple[int, bytes, bytes]]]] = None
         self.seen: List[Tuple[str, Any]] = []
         self.boots = 0
         self.connects = 0
@@ -118,8 +122,39 @@ class MemoryConnection:
     def close(self) -> None:
         self.script.link_up = False
 
+    def run_command(self, command: str, output: OutputSink, timeout: Optional[float],
+                    stop: threading.Event) -> CommandExit:
+        """What the script's `command` answers; no shell runs."""
+        if not self.script.link_up:
+            self.connect()
+        answer = self.script.command
+        if answer is None:
+            from antnest.errors import ConnectError
 
-def open_connection(host: Host, options: SshOptions) -> MemoryConnection:
+            raise ConnectError(self.host.name, "this in-memory host runs no shell commands "
+                               "(its Script has no command)", status=HostStatus.ERROR)
+        outcome = answer(command)
+        if outcome is None:  # a command that never ends by itself
+            stopped = stop.wait(timeout) if timeout is not None else _wait_forever(stop)
+            return CommandExit(None, timed_out=not stopped, stopped=stopped)
+        status, out, err = outcome
+        if out:
+            output("stdout", out)
+        if err:
+            output("stderr", err)
+        return CommandExit(status)
+
+    def where(self) -> str:
+        return f"in-memory runners ({self.host.address})"
+
+
+def _wait_forever(stop: threading.Event) -> bool:
+    while not stop.wait(STOP_CHECK):
+        pass
+    return True
+
+
+def open_connection(host: Host, options: SshOptions) -> Connection:
     return MemoryConnection(host)
 
 

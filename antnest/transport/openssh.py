@@ -39,7 +39,9 @@ from antnest import bootstrap
 from antnest.errors import AuthError, ConnectError, HostError, HostKeyError
 from antnest.host import Host
 from antnest.inventory.ssh_options import DEFAULT_GLOBAL_KNOWN_HOSTS, DEFAULT_USER_KNOWN_HOSTS
+from antnest.inventory.ssh_options import ssh_user
 from antnest.transport import SshOptions, describe_exit
+from antnest.transport import CommandExit, OutputSink
 
 log = logging.getLogger(__name__)
 
@@ -394,20 +396,28 @@ class OpenSshConnection:
                 + ["--", self.host.name, bootstrap.command(self.host.python)])
         return OpenSshProcess(label, argv, self)
 
-    def open_command(self, command: str) -> "subprocess.Popen[bytes]":
-        """A plain command as a session over the master (`antnest exec`): no runner, no pty,
-        stdin closed so nothing can wait for input. The caller reads stdout and stderr."""
+    def run_command(self, command: str, output: OutputSink, timeout: Optional[float],
+                    stop: threading.Event) -> CommandExit:
+        """A session over the master: its ssh client's pipes are the command's (ssh exits
+        with the command's status, 255 for its own errors)."""
+        from antnest.transport.command import stream_process
+
         if not self.is_alive():
             self.connect()
         assert self._socket is not None
         argv = (["ssh", "-S", self._socket, "-o", "ControlMaster=no", "-T"]
                 + ssh_args(self.host, self.options) + ["--", self.host.name, command])
         try:
-            return _spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            proc = _spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
             raise ConnectError(self.host.name, f"cannot start ssh: {exc.strerror or exc}",
                                status="unreachable") from None
+        return stream_process(proc, output, timeout, stop)
+
+    def where(self) -> str:
+        user = self.host.user or ssh_user()
+        return f"{user}@{self.host.address}:{self.host.port} (openssh)"
 
     def close(self) -> None:
         with self._lock:

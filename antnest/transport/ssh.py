@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import random
+import select
 import socket
 import subprocess
 import threading
@@ -27,6 +28,7 @@ from antnest.errors import AuthError, ConnectError, HostError, HostKeyError, for
 from antnest.host import Host, HostStatus
 from antnest.limits import FD_ERRNOS, fd_limit_advice
 from antnest.transport import SshOptions, describe_exit, known_hosts
+from antnest.transport import STOP_CHECK, CommandExit, OutputSink
 from antnest.transport.handshakes import handshakes
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 WINDOW_SIZE = 64 * 1024 * 1024  # bytes the host may send before we acknowledge
 MAX_PACKET = 32 * 1024          # OpenSSH's session packet limit
 HANDSHAKE_TRIES = 4
+COMMAND_READ = 65536            # bytes per read of a plain command's output
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -269,9 +272,10 @@ class SshConnection:
                                status=HostStatus.UNREACHABLE) from None
         return SshProcess(label, channel, self.host.python)
 
-    def open_command(self, command: str) -> paramiko.Channel:
-        """A plain exec channel running `command` in the login shell (`antnest exec`): no
-        runner, no pty, stdin closed at once so nothing can ever wait for input."""
+    def run_command(self, command: str, output: OutputSink, timeout: Optional[float],
+                    stop: threading.Event) -> CommandExit:
+        """A plain exec channel running `command` in the login shell; its two streams are
+        read as paramiko fills them (each buffer signals a pipe of its own)."""
         if self._conn is None or not self.is_alive():
             self.connect()
         assert self._conn is not None
@@ -282,7 +286,41 @@ class SshConnection:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(self.host.name, f"cannot run a command: {exc}",
                                status=HostStatus.UNREACHABLE) from None
-        return channel
+        events = [paramiko.pipe.make_pipe(), paramiko.pipe.make_pipe()]
+        channel.in_buffer.set_event(events[0])
+        channel.in_stderr_buffer.set_event(events[1])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        timed_out = stopped = False
+        try:
+            while True:
+                while channel.recv_ready():
+                    output("stdout", channel.recv(COMMAND_READ))
+                while channel.recv_stderr_ready():
+                    output("stderr", channel.recv_stderr(COMMAND_READ))
+                if (channel.eof_received or channel.closed) and channel.exit_status_ready() \
+                        and not channel.recv_ready() and not channel.recv_stderr_ready():
+                    break
+                stopped = stop.is_set()
+                timed_out = not stopped and deadline is not None and \
+                    time.monotonic() >= deadline
+                if stopped or timed_out:
+                    break
+                wait = STOP_CHECK if deadline is None else \
+                    max(0.0, min(STOP_CHECK, deadline - time.monotonic()))
+                if channel.eof_received or channel.closed:  # only the exit status to come
+                    channel.status_event.wait(wait)
+                else:  # a pipe is readable once its buffer has bytes (or at the end)
+                    select.select([event.fileno() for event in events], [], [], wait)
+            code = channel.recv_exit_status() if channel.exit_status_ready() else None
+        finally:
+            channel.close()
+            for event in events:
+                event.close()
+        return CommandExit(code, timed_out=timed_out, stopped=stopped)
+
+    def where(self) -> str:
+        return f"{self.host.user or _local_user()}@{self.host.address}:{self.host.port} " \
+               "(paramiko)"
 
     def close(self) -> None:
         with self._lock:
