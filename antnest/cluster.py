@@ -198,11 +198,11 @@ class Cluster(Executor):
         self._collected: "collections.deque[Tuple[int, Call]]" = collections.deque()
         self._pid = os.getpid()
         self._closer: Optional[threading.Thread] = None
+        self._job: Optional[JobRun] = None   # the current (or last) Cluster.run
         self._abandon = False  # close without waiting for running work (leaving `with` on error)
         self._shutdown = False
         self._running = False  # a first runner is up
         self._lock = threading.Lock()
-        self._job: Optional[JobRun] = None   # the current (or last) Cluster.run
         self._groups = [HostGroup(h, self) for h in host_list]
         self._stop_keepalive = threading.Event()
         started = time.monotonic()

@@ -257,8 +257,8 @@ class Call:
                        for protocol in (5, 4)}
         self.name = name or getattr(fn, "__qualname__", repr(fn))
         self.next_seq = 0            # next taskunit id to hand out
-        self.taken = 0               # taken from a Feed's input
-        self.consumed = 0            # ... and read by the Stream's reader
+        self.taken = 0
+        self.consumed = 0
         self.exhausted = False
         self.error: Optional[BaseException] = None   # ends the call (fail fast, cancel, no hosts)
         self.failures: List[TaskError] = []

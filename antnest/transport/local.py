@@ -12,10 +12,10 @@ import threading
 from typing import Optional
 
 from antnest import bootstrap
+from antnest.transport import CommandExit, Connection, OutputSink
 from antnest.errors import BootstrapError
 from antnest.host import Host, HostStatus
 from antnest.transport import SshOptions, describe_exit
-from antnest.transport import CommandExit, Connection, OutputSink
 
 
 class LocalConnection:

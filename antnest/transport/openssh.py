@@ -36,12 +36,12 @@ import time
 from typing import Any, List, Optional
 
 from antnest import bootstrap
+from antnest.inventory.ssh_options import ssh_user
+from antnest.transport import CommandExit, OutputSink
 from antnest.errors import AuthError, ConnectError, HostError, HostKeyError
 from antnest.host import Host
 from antnest.inventory.ssh_options import DEFAULT_GLOBAL_KNOWN_HOSTS, DEFAULT_USER_KNOWN_HOSTS
-from antnest.inventory.ssh_options import ssh_user
 from antnest.transport import SshOptions, describe_exit
-from antnest.transport import CommandExit, OutputSink
 
 log = logging.getLogger(__name__)
 

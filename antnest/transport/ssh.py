@@ -24,11 +24,11 @@ import paramiko
 from fabric import Config, Connection
 
 from antnest import bootstrap
+from antnest.transport import STOP_CHECK, CommandExit, OutputSink
 from antnest.errors import AuthError, ConnectError, HostError, HostKeyError, format_seconds
 from antnest.host import Host, HostStatus
 from antnest.limits import FD_ERRNOS, fd_limit_advice
 from antnest.transport import SshOptions, describe_exit, known_hosts
-from antnest.transport import STOP_CHECK, CommandExit, OutputSink
 from antnest.transport.handshakes import handshakes
 
 log = logging.getLogger(__name__)
