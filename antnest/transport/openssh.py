@@ -17,9 +17,10 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
-import dataclasses
 import ctypes
 import ctypes.util
+import dataclasses
+import fcntl
 import itertools
 import logging
 import os
@@ -91,6 +92,19 @@ def _spawn(argv: List[str], die_with_antnest: bool = True, **kwargs: Any
     def start() -> "subprocess.Popen[bytes]":
         return subprocess.Popen(argv, preexec_fn=preexec, **kwargs)  # noqa: PLW1509
     return _spawner.submit(start).result()
+
+
+PIPE_SIZE = 1 << 20   # bytes; Linux's default limit for an unprivileged process
+
+
+def _grow_pipe(fd: int) -> None:
+    """A 1 MiB pipe to the ssh process instead of 64 KiB: a bulk frame crosses in a few
+    wake-ups of ssh rather than one per 64 KiB (the W4 profile: ssh's and sshd's CPU per MiB
+    fell by about a third with the runner doing the same on its side). Best effort."""
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    except OSError:   # not Linux, or over /proc/sys/fs/pipe-max-size
+        pass
 
 
 class _ControlDir:
@@ -519,6 +533,8 @@ class OpenSshProcess:
         assert self._proc.stdin and self._proc.stdout and self._proc.stderr
         self._stdin = self._proc.stdin.fileno()
         self._stdout = self._proc.stdout.fileno()
+        for fd in (self._stdin, self._stdout):
+            _grow_pipe(fd)
         self._tail: collections.deque = collections.deque(maxlen=64)
         threading.Thread(target=self._drain, daemon=True).start()
         try:
