@@ -29,6 +29,9 @@ NAMES: Dict[str, List[str]] = {
     "08_include": ["inc1", "inc2", "inc3", "elsewhere"],
     "09_match": ["m1", "m2", "m3", "x", "mx"],
     "10_star_first": ["s1", "s2"],
+    "11_match_final": ["f1", "f2", "f3", "f4", "other"],
+    "12_match_canonical": ["c1", "c2", "c3"],
+    "13_match_final_parse_only": ["p1", "p2"],
 }
 FIELDS = ("address", "port", "user", "identity_files", "jump", "proxy_command",
           "user_known_hosts", "global_known_hosts", "host_key_checking", "identities_only",
@@ -114,6 +117,15 @@ def test_the_corpus_exercises_what_it_claims(ssh: str, corpus: Path) -> None:
     assert (inc2.user, inc2.connect_timeout) == ("include-star", 6.0)
     assert host("09_match", "m3").port == 3003
     assert host("09_match", "m2").identity_files[-1].endswith("m2_key")
+    f1, f2, f3 = (host("11_match_final", n) for n in ("f1", "f2", "f3"))
+    assert (f1.address, f1.port) == ("f1.internal", 1001)   # HostName fixed, final matched
+    assert (f2.port, f2.user) == (2002, "final-f2")         # first value wins across passes
+    assert (f3.user, f3.connect_timeout) == ("first-pass-f3", 33.0)
+    assert host("11_match_final", "f4").port == 4004        # a final pass: canonical too
+    c1, c2 = host("12_match_canonical", "c1"), host("12_match_canonical", "c2")
+    assert (c1.port, c1.user, c1.server_alive_interval) == (4001, "canon", 44.0)
+    assert (c2.port, c2.user) == (4002, "canon-c2")
+    assert host("13_match_final_parse_only", "p1").port == 5005
 
 
 def test_without_a_file_both_read_the_users_then_the_system_config(ssh: str) -> None:

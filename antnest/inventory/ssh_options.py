@@ -183,11 +183,16 @@ class Reader:
     """OpenSSH's client configuration rules without the binary (the fallback of ``resolve``).
 
     Covered: Host (several patterns, ``!`` negation, ``*``/``?``, ``[`` literal), Match
-    (host, originalhost, user, localuser, all, exec via /bin/sh, negation; canonical and
-    final never match: antnest makes one pass), Include (absolute, relative to ~/.ssh or
-    /etc/ssh, globs, inside a Host block), first value wins, ``Key=value``, quotes, trailing
-    comments, ``%h`` in HostName, host names lower-cased, ~/.ssh/config then
-    /etc/ssh/ssh_config when no file is given.
+    (host, originalhost, user, localuser, all, exec via /bin/sh, negation, canonical and
+    final), Include (absolute, relative to ~/.ssh or /etc/ssh, globs, inside a Host block),
+    first value wins, ``Key=value``, quotes, trailing comments, ``%h`` in HostName, host names
+    lower-cased, ~/.ssh/config then /etc/ssh/ssh_config when no file is given.
+
+    Two passes, as ssh.c makes them: when a ``Match final`` line was read anywhere (even in a
+    block that did not apply) or ``CanonicalizeHostname`` is on, the files are read again with
+    the HostName of the first pass fixed; ``canonical`` and ``final`` match only then, and only
+    options still unset are taken. Not done: CanonicalDomains lookups (the name is kept as
+    written, as ssh keeps it when no domain resolves and CanonicalizeFallbackLocal is on).
     """
 
     def __init__(self, path: Optional[str], home: Optional[str] = None) -> None:
@@ -207,6 +212,11 @@ class Reader:
         state = _State(name, self.home)
         for path, user in self.files():
             self._read(path, user, state, depth=0, never_match=False)
+        canonicalize = state.values.get("canonicalizehostname", ["no"])[0].lower()
+        if state.want_final or canonicalize in ("yes", "true", "always"):
+            state.final_pass()
+            for path, user in self.files():
+                self._read(path, user, state, depth=0, never_match=False)
         return state.finish()
 
     def _lines(self, path: str) -> List[Tuple[int, str, str, List[str]]]:
@@ -242,7 +252,9 @@ class Reader:
             always: List[int] = []
             for i, block in enumerate(blocks):
                 names = _literal_hosts(block[0][1], block[0][3]) if block else None
-                if names is None:
+                if names is None or any(line[1] == "include" for line in block):
+                    # an Include is read even where its block does not apply (a Match final
+                    # in it asks for the second pass)
                     always.append(i)
                 else:
                     for name in set(names):
@@ -271,6 +283,8 @@ class Reader:
             elif keyword == "host":
                 state.active = not never_match and _pattern_list(state.original, args)
             elif keyword == "match":
+                if never_match:   # ssh still notes a "final" there: it asks for the 2nd pass
+                    state.want_final = state.want_final or _asks_final(args)
                 state.active = not never_match and self._match(args, state, path, number)
             elif keyword == "include":
                 self._include(args, user_conf, state, depth, path, number)
@@ -301,7 +315,9 @@ class Reader:
             negate = word.startswith("!")
             word = word.lstrip("!")
             if word in ("all", "canonical", "final"):
-                ok = word == "all"
+                ok = word == "all" or state.post_canon
+                if word == "final":
+                    state.want_final = True
                 i += 1
             else:
                 if i + 1 >= len(args):
@@ -336,6 +352,17 @@ class Reader:
         return done.returncode == 0
 
 
+def _asks_final(args: Sequence[str]) -> bool:
+    """Whether a Match line has the ``final`` criterion (a value named final does not count)."""
+    i = 0
+    while i < len(args):
+        word = args[i].lower().lstrip("!")
+        if word == "final":
+            return True
+        i += 1 if word in ("all", "canonical") else 2
+    return False
+
+
 class _Plan:
     """One file's blocks and which of them a lookup must visit (see ``Reader._plan``)."""
 
@@ -354,10 +381,21 @@ class _State:
         self.home = home
         self.active = True
         self.values: Options = {}
+        self.want_final = False   # a "Match final" was read: ssh reads the files again
+        self.post_canon = False   # this is that second pass: canonical and final match
+
+    def final_pass(self) -> None:
+        """Before the second pass: ssh fixes HostName to the name the first pass found (so a
+        HostName in the second pass is ignored) and Match host compares against it."""
+        self.values["hostname"] = [self.hostname().lower()]
+        self.post_canon = True
 
     def set(self, keyword: str, args: List[str]) -> None:
         if keyword in _MULTI:
-            self.values.setdefault(keyword, []).append(" ".join(args))
+            value = " ".join(args)
+            values = self.values.setdefault(keyword, [])
+            if keyword not in ("identityfile", "certificatefile") or value not in values:
+                values.append(value)   # ssh ignores a key file named twice
         elif keyword == "proxyjump":   # as OpenSSH 9: "ProxyJump none" leaves ProxyCommand free
             if "proxyjump" not in self.values and "proxycommand" not in self.values:
                 self.values[keyword] = [" ".join(args)]
