@@ -1,6 +1,7 @@
-"""What ssh_config resolved is honoured on the real fleet (paramiko client): known-hosts files,
-StrictHostKeyChecking, IdentityFile/IdentitiesOnly, ProxyCommand through the shell; and the
-known_hosts markers and misleading errors of issue 18 (items 16 and 17)."""
+"""What ssh_config resolved is honoured on the real fleet (paramiko client; StrictHostKeyChecking
+no over both clients): known-hosts files, StrictHostKeyChecking, IdentityFile/IdentitiesOnly,
+ProxyCommand through the shell; and the known_hosts markers and misleading errors of issue 18
+(items 16 and 17)."""
 from __future__ import annotations
 
 import shutil
@@ -81,20 +82,41 @@ def test_accept_new_from_ssh_config_records_in_the_user_known_hosts_file(
     assert empty.read_text().startswith(f"[{host.address}]:{host.port} ")
 
 
+@pytest.mark.parametrize("client", ["paramiko", "openssh"])
 def test_strict_host_key_checking_no_is_refused_unless_opted_in(fleet: SshdFleet, run_cli,
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path,
+                                                                client: str) -> None:
+    """The same for both clients: refused without the flag; with it an unknown key is
+    accepted with a warning and not recorded, and a changed key is still refused."""
+    if client == "openssh" and shutil.which("ssh") is None:
+        pytest.skip("no ssh binary")
     empty = tmp_path / "fleet_known_hosts"
     empty.write_text("")
     config = config_copy(fleet, tmp_path / "config", UserKnownHostsFile=str(empty),
                          StrictHostKeyChecking="no")
-    refused = run(run_cli, config)
+    refused = run(run_cli, config, "--ssh-client", client)
     assert refused.returncode == 3, refused.stderr
     assert "StrictHostKeyChecking no" in refused.stderr
     assert "--allow-unchecked-host-keys" in refused.stderr
-    allowed = run(run_cli, config, "--allow-unchecked-host-keys")
+    allowed = run(run_cli, config, "--ssh-client", client, "--allow-unchecked-host-keys")
     assert (allowed.returncode, allowed.stdout) == (0, HELLO_WORLD), allowed.stderr
     assert "NOT checked" in allowed.stderr
     assert empty.read_text() == ""   # nothing recorded
+
+    host = fleet.host("fleet1")
+    other = next(h for h in fleet.hosts if h.name != "fleet1")
+    changed = tmp_path / "changed_known_hosts"   # fleet1's name with another host's key
+    changed.write_text("".join(
+        f"[{host.address}]:{host.port} {line.split(' ', 1)[1]}\n"
+        for line in fleet.known_hosts.read_text().splitlines()
+        if line.startswith(f"[{other.address}]:{other.port} ")))
+    config = config_copy(fleet, tmp_path / "config-changed", UserKnownHostsFile=str(changed),
+                         StrictHostKeyChecking="no")
+    before = changed.read_text()
+    refused = run(run_cli, config, "--ssh-client", client, "--allow-unchecked-host-keys")
+    assert refused.returncode == 3, refused.stderr
+    assert "CHANGED" in refused.stderr or "changed" in refused.stderr, refused.stderr
+    assert changed.read_text() == before
 
 
 def test_identity_file_set_means_the_default_keys_are_not_tried(fleet: SshdFleet, run_cli,

@@ -195,7 +195,15 @@ def ssh_args(host: Host, options: SshOptions) -> List[str]:
             "without checking the host key (anyone on the path could read and change the job); "
             "use accept-new, or rerun with --allow-unchecked-host-keys",
             status="host key unchecked")
-    if checking != "no":
+    known = _known_hosts_files(host, options)
+    if checking == "no":
+        # The opt-in means what it means with paramiko: an unknown key is accepted for this
+        # run and not recorded, a changed key is still refused. ssh's own "no" would record
+        # the key and connect despite a changed one; accept-new with /dev/null as the file it
+        # records into does exactly the former.
+        checking = "accept-new"
+        known = [os.devnull] + known
+    else:
         checking = "accept-new" if (options.accept_new_host_keys
                                     or checking == "accept-new") else "yes"
     timeout = host.connect_timeout or options.connect_timeout
@@ -206,8 +214,7 @@ def ssh_args(host: Host, options: SshOptions) -> List[str]:
     args += [
         "-o", "BatchMode=yes",
         "-o", f"StrictHostKeyChecking={checking}",
-        "-o", "UserKnownHostsFile=" + " ".join(_quote_option(p)
-                                               for p in _known_hosts_files(host, options)),
+        "-o", "UserKnownHostsFile=" + " ".join(_quote_option(p) for p in known),
         "-o", f"ConnectTimeout={max(1, int(round(timeout)))}",
         "-o", f"ServerAliveInterval={max(1, int(round(interval)))}",
         "-o", f"ServerAliveCountMax={SERVER_ALIVE_COUNT}",
@@ -454,8 +461,15 @@ class OpenSshConnection:
                 raise classify(self.host, stderr, self.options)
 
     def _drain(self, stream: Any) -> None:
+        unchecked = self.host.host_key_checking == "no"
         for line in stream:
-            self._stderr.append(line.decode("utf-8", "replace"))
+            text = line.decode("utf-8", "replace")
+            self._stderr.append(text)
+            if unchecked and text.startswith("Warning: Permanently added"):
+                # recorded in /dev/null (see ssh_args): the key was not checked
+                log.warning("%s: host key NOT checked (StrictHostKeyChecking no, "
+                            "--allow-unchecked-host-keys): %s", self.host.name,
+                            text.strip().replace("Permanently added", "accepted", 1))
 
     def is_alive(self) -> bool:
         return (self._master is not None and self._master.poll() is None
