@@ -255,6 +255,9 @@ def decode_undecodable(payload):
 
 
 OUT_OF_BAND = 1 << 20   # a result that is a bytes this big travels after the pickle, uncopied
+OUT_OF_BAND_SCAN = 32   # ...when its RESULTS frame has at most this many: the scan costs
+#                         more than pickling tiny results, and results of a MiB come a few a frame
+JOIN_BELOW = 1 << 16    # frames smaller than this are joined and written at once
 OOB_TRAILER = struct.Struct(">IB")   # how many such buffers, OOB_MARK (a pickle ends with ".")
 OOB_MARK = 0x42
 try:
@@ -272,12 +275,13 @@ def encode_results(batch_id, offset, values, errors, elapsed, protocol=None):
 
 def results_parts(batch_id, offset, values, errors, elapsed, protocol=None):
     """encode_results' payload as a list of buffers, for _Writer.send_parts. A result that is a
-    bytes of OUT_OF_BAND or more is a pickle protocol 5 out-of-band buffer placed after the
-    pickle (then each buffer's u64 length, then OOB_TRAILER): the runner never copies it into
-    the pickle nor into the frame, and the master copies it once, into the result."""
+    bytes of OUT_OF_BAND or more (in a frame of at most OUT_OF_BAND_SCAN results) is a pickle
+    protocol 5 out-of-band buffer placed after the pickle (then each buffer's u64 length, then
+    OOB_TRAILER): the runner never copies it into the pickle nor into the frame, and the master
+    copies it once, into the result."""
     protocol = _proto(protocol)
     big = ()
-    if protocol >= 5 and _PickleBuffer is not None:
+    if protocol >= 5 and _PickleBuffer is not None and len(values) <= OUT_OF_BAND_SCAN:
         big = [i for i, value in enumerate(values)
                if type(value) is bytes and len(value) >= OUT_OF_BAND]
     record = (batch_id, offset, values, errors, elapsed)
@@ -479,7 +483,13 @@ class _Writer(object):
         self._lock = threading.Lock()
 
     def send(self, kind, payload):
-        self.send_parts(kind, [payload])
+        if len(payload) >= JOIN_BELOW:
+            return self.send_parts(kind, [payload])
+        data = HEADER.pack(len(payload), kind) + payload  # small: a copy costs less than writev
+        with self._lock:
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
 
     def send_parts(self, kind, parts):
         """One frame whose payload is `parts` (bytes or flat byte memoryviews) joined, written
@@ -1272,8 +1282,11 @@ class _Runner(object):
             self.fd_output.drain()
 
     def _send_results(self, batch_id, offset, values, errors, elapsed):
-        self.writer.send_parts(Kind.RESULTS, results_parts(batch_id, offset, values, errors,
-                                                           elapsed))
+        parts = results_parts(batch_id, offset, values, errors, elapsed)
+        if len(parts) == 1:
+            self.writer.send(Kind.RESULTS, parts[0])
+        else:
+            self.writer.send_parts(Kind.RESULTS, parts)
 
 
 def _pickle_with_fallback(record, protocol=None):

@@ -218,6 +218,8 @@ def test_a_big_bytes_result_travels_after_the_pickle_and_comes_back_as_bytes() -
     assert runner.encode_results(1, 0, [b"x"], {}, 0.0)[-1:] == b"."
     assert runner.encode_results(1, 0, [big], {}, 0.0, protocol=4)[-1:] == b"."
     assert runner.decode_results(runner.encode_results(1, 0, [big], {}, 0.0, protocol=4))[2] == [big]
+    many = [big] + list(range(runner.OUT_OF_BAND_SCAN))   # not scanned: tiny results cost less
+    assert runner.encode_results(1, 0, many, {}, 0.0)[-1:] == b"."
 
 
 def test_the_writer_sends_parts_as_one_frame_without_joining_them() -> None:
