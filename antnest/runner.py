@@ -136,7 +136,7 @@ def encode_log(batch_id, index, text):
 def decode_log(payload):
     """(batch_id or None, index, text); bytes that are not UTF-8 show as U+FFFD."""
     batch_id, index = LOG_HEADER.unpack_from(payload)
-    text = payload[LOG_HEADER.size:].decode("utf-8", "replace")
+    text = str(payload[LOG_HEADER.size:], "utf-8", "replace")  # any bytes-like payload
     return (None if batch_id < 0 else batch_id), index, text
 
 
@@ -194,7 +194,7 @@ def decode_hello(payload):
     import ast
 
     try:
-        info = ast.literal_eval(payload.decode())
+        info = ast.literal_eval(str(payload, "utf-8"))
     except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
         return None
     return info if isinstance(info, dict) else None
@@ -363,7 +363,7 @@ def encode_fatal(text):
 
 
 def decode_fatal(payload):
-    return payload.decode("utf-8", "replace")
+    return str(payload, "utf-8", "replace")
 
 
 def encode_setup_failed(what, text):
@@ -397,7 +397,7 @@ def encode_module_request(name):
 
 
 def decode_module_request(payload):
-    return payload.decode("utf-8", "replace")
+    return str(payload, "utf-8", "replace")
 
 
 def encode_module(name, record, reason, protocol=None):

@@ -52,6 +52,9 @@ def test_codecs_round_trip(kind: int) -> None:
         assert decoded == args[0]
     else:
         assert decoded == args
+    # a reader may hand over a bytearray or a memoryview of its buffer
+    for view in (bytearray(payload), memoryview(payload)):
+        assert decode(view) == decoded, type(view)
     # and through a frame and the reader, as on a real stream
     data = runner.encode(kind, payload)
     reader = runner.FrameReader(_chunks(data))
