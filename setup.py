@@ -11,12 +11,12 @@ setup(
     python_requires=">=3.9",
     install_requires=[
         "paramiko>=3.4",
-        "fabric>=3.2",
         "cloudpickle>=2.1",
         "PyYAML>=6.0",
         "tqdm>=4.60",
     ],
     extras_require={"test": ["pytest>=7", "pytest-mock>=3.10", "pytest-timeout>=2.1", "hypothesis>=6.0", "mypy>=1.0",
+                             "invoke>=2.0",  # test_anypython: a package only the master has
                              "types-PyYAML", "ansible-core>=2.19; python_version >= '3.11'"]},
     entry_points={"console_scripts": ["antnest = antnest.cli:main"]},
 )

@@ -548,7 +548,6 @@ def run_child(args: List[str], profile_dir: Optional[Path], profile_name: str,
 
 def machine_info() -> List[str]:
     import cloudpickle
-    import fabric
     import paramiko
 
     model = "?"
@@ -571,7 +570,7 @@ def machine_info() -> List[str]:
         f"CPU: {model}, {cores} cores usable ({os.cpu_count()} online)",
         f"OS: {platform.system()} {platform.release()}; {ssh}",
         f"master Python {platform.python_version()} ({sys.executable}); paramiko "
-        f"{paramiko.__version__}, fabric {fabric.__version__}, cloudpickle {cloudpickle.__version__}",
+        f"{paramiko.__version__}, cloudpickle {cloudpickle.__version__}",
     ]
 
 

@@ -176,7 +176,7 @@ def test_a_main_script_ships_as_its_source(fleet, hosts, fresh_home: Path) -> No
 # -- modules the hosts lack ---------------------------------------------------------------------
 
 def uses_invoke(_: int) -> str:
-    import invoke  # installed here (with fabric), on none of the pyenv interpreters
+    import invoke  # installed here (the test extra), on none of the pyenv interpreters
 
     return invoke.__version__ + " " + "%d.%d" % sys.version_info[:2]
 

@@ -12,18 +12,19 @@ said on its real stderr when it died). `Host.transport` names the connection in 
 
 Adding a transport is one module with a function `(host, options) -> Connection` plus its
 "module:function" line in `TRANSPORTS`; nothing else branches on the transport ("ssh" picks
-its client in `ssh_connection`). Modules load only when a host uses them (paramiko and fabric
-stay out of local runs).
+its client in `ssh_connection`). Modules load only when a host uses them (paramiko stays out of
+local runs).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import signal
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple, Type
 
 from antnest.host import Host, HostStatus
 
@@ -157,8 +158,8 @@ def ssh_client_for(host: "Host", options: SshOptions) -> str:
 
 
 def ssh_connection(host: Host, options: "SshOptions") -> Connection:
-    """The connection of the chosen client (paramiko's or the ssh binary's); paramiko and
-    fabric load only when a host uses them."""
+    """The connection of the chosen client (paramiko's or the ssh binary's); paramiko loads
+    only when a host uses it."""
     if ssh_client_for(host, options) == "openssh":
         from antnest.transport.openssh import OpenSshConnection
 
@@ -166,6 +167,49 @@ def ssh_connection(host: Host, options: "SshOptions") -> Connection:
     from antnest.transport.ssh import SshConnection
 
     return SshConnection(host, options)
+
+
+class _NoInvokeHere:
+    """A meta path entry that makes ``import invoke`` fail in one thread only."""
+
+    def __init__(self, thread: int) -> None:
+        self.thread = thread
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "invoke" and threading.get_ident() == self.thread:
+            raise ImportError("invoke is imported on demand (antnest)", name=name)
+        return None
+
+
+class _InvokeOnDemand:
+    """Stands in for invoke inside paramiko.config, whose only use of it is ``Match exec``."""
+
+    def __getattr__(self, name: str) -> Any:
+        import invoke
+
+        return getattr(invoke, name)
+
+
+@contextlib.contextmanager
+def paramiko_without_invoke() -> Iterator[None]:
+    """Import paramiko without invoke: paramiko.config imports invoke (when installed) for
+    ``Match exec`` in its own ssh_config reader, which antnest never uses, and invoke brings
+    unittest.mock, asyncio and ssl: about 100 ms of a cold start, half of paramiko's import.
+    Afterwards paramiko.config gets invoke on first use, so paramiko behaves as before for
+    anyone else in the process. Only this thread's import of invoke is refused meanwhile."""
+    if "paramiko" in sys.modules or "invoke" in sys.modules:
+        yield
+        return
+    guard = _NoInvokeHere(threading.get_ident())
+    sys.meta_path.insert(0, guard)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(guard)  # type: ignore[arg-type]
+        config = sys.modules.get("paramiko.config")
+        if config is not None and getattr(config, "invoke", None) is None:
+            config.invoke = _InvokeOnDemand()  # type: ignore[attr-defined]
+            config.invoke_import_error = None  # type: ignore[attr-defined]
 
 
 def link_errors() -> Tuple[Type[BaseException], ...]:

@@ -12,8 +12,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Set, Tuple
 
-import paramiko
-from paramiko.hostkeys import HostKeyEntry
+from antnest.transport import paramiko_without_invoke
+
+with paramiko_without_invoke():
+    import paramiko
+    from paramiko.hostkeys import HostKeyEntry
 
 from antnest.errors import HostKeyError
 from antnest.host import Host, HostStatus

@@ -1,4 +1,4 @@
-"""One SSH connection per host (a fabric Connection), one exec channel per runner.
+"""One SSH connection per host (a paramiko SSHClient), one exec channel per runner.
 
 Host keys are checked against known_hosts like OpenSSH with StrictHostKeyChecking=yes; an
 unknown key is recorded only when the user opted in (accept-new), a changed key never is.
@@ -20,8 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import paramiko
-from fabric import Config, Connection
+from antnest.transport import paramiko_without_invoke
+
+with paramiko_without_invoke():
+    import paramiko
 
 from antnest import bootstrap
 from antnest.transport import STOP_CHECK, CommandExit, OutputSink
@@ -103,7 +105,7 @@ class SshConnection:
         self.host = host
         self.address = f"{host.address}:{host.port}"
         self.options = options
-        self._conn: Optional[Connection] = None
+        self._conn: Optional[_Link] = None
         self._lock = threading.Lock()
 
     # -- connecting -----------------------------------------------------------------------
@@ -138,7 +140,7 @@ class SshConnection:
                     time.sleep(pause)
                     delay *= 2
 
-    def _open(self) -> Connection:
+    def _open(self) -> "_Link":
         gateway: Any = None
         if self.host.jump:
             gateway = _gateways.acquire(self, self.host.jump)
@@ -151,10 +153,10 @@ class SshConnection:
             raise
         return conn
 
-    def _connection(self, host: Host, gateway) -> Connection:
+    def _connection(self, host: Host, gateway: Optional["_Link"]) -> "_Link":
         keys = usable_keys(host)
         known = known_hosts.load(host, self.options.known_hosts)
-        conn = new_connection(
+        conn = _Link(
             host.address,
             user=host.user or _local_user(),
             port=host.port,
@@ -178,7 +180,7 @@ class SshConnection:
         client.set_missing_host_key_policy(_HostKeyPolicy(host, self.options))
         return conn
 
-    def _establish(self, conn: Connection, host: Host) -> None:
+    def _establish(self, conn: "_Link", host: Host) -> None:
         if conn.is_connected:
             return
         user = conn.user
@@ -328,7 +330,7 @@ class SshConnection:
         if conn is not None:
             self._discard(conn)
 
-    def _discard(self, conn: Connection) -> None:
+    def _discard(self, conn: "_Link") -> None:
         conn.close()
         if self.host.jump:
             _gateways.release(self.host.jump)
@@ -341,13 +343,13 @@ class _Gateways:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: Dict[tuple, list] = {}  # chain -> [Connection or None, users, lock]
+        self._entries: Dict[tuple, list] = {}  # chain -> [_Link or None, users, lock]
 
     @staticmethod
     def _key(chain: Sequence[Host]) -> tuple:
         return tuple((h.user, h.address, h.port, h.identity_files) for h in chain)
 
-    def acquire(self, owner: "SshConnection", chain: Sequence[Host]) -> Connection:
+    def acquire(self, owner: "SshConnection", chain: Sequence[Host]) -> "_Link":
         """The open connection to the last hop of `chain`, through the hops before it."""
         parent = self.acquire(owner, chain[:-1]) if len(chain) > 1 else None
         key = self._key(chain)
@@ -396,36 +398,45 @@ class _RetryableHandshake(Exception):
         self.waited = waited   # seconds this attempt queued for a handshake slot
 
 
-_shared_lock = threading.Lock()
-_config: List[Config] = []
+class _Link:
+    """One SSH client connection to one host (a target or a jump host), through an optional
+    jump host. paramiko alone does the work; fabric's Connection, which antnest used for this,
+    costs a cold process fabric's and invoke's imports (about 100 ms) for no feature antnest uses,
+    and its Config shared by every host was not safe to build connections from many threads."""
 
+    def __init__(self, address: str, *, user: str, port: int, gateway: Optional["_Link"],
+                 connect_timeout: float, connect_kwargs: Dict[str, Any]) -> None:
+        self.host = address
+        self.user = user
+        self.port = port
+        self.gateway = gateway
+        self.connect_timeout = connect_timeout
+        self.connect_kwargs = connect_kwargs   # for SSHClient.connect; "sock" is set later
+        self.client = paramiko.SSHClient()
+        self.transport: Any = None             # the paramiko Transport, once open
 
-class _Connection(Connection):
-    """fabric's Connection that never writes into its (shared) Config.
+    @property
+    def is_connected(self) -> bool:
+        return bool(self.transport is not None and self.transport.active)
 
-    invoke turns every attribute set on a Connection that is not a real attribute into a
-    Config update, and each update rebuilds the Config's data from empty: a thread reading the
-    shared Config at that moment (another host constructing or opening its Connection) found no
-    keys at all (``No attribute or config key found for 'authentication'``). Construction sets
-    exactly one such attribute, ``inline_ssh_env``; as a real attribute here it stays on the
-    Connection, so the shared Config is only ever read.
-    """
+    def open(self) -> None:
+        """Handshake and authenticate; a jump host's link carries it as a direct-tcpip channel."""
+        if self.is_connected:
+            return
+        kwargs = dict(self.connect_kwargs, hostname=self.host, port=self.port,
+                      username=self.user, timeout=self.connect_timeout)
+        if not kwargs.get("key_filename"):
+            kwargs.pop("key_filename", None)
+        if self.gateway is not None:
+            assert self.gateway.transport is not None
+            kwargs["sock"] = self.gateway.transport.open_channel(
+                "direct-tcpip", dest_addr=(self.host, int(self.port)), src_addr=("", 0),
+                timeout=self.connect_timeout)
+        self.client.connect(**kwargs)
+        self.transport = self.client.get_transport()
 
-    inline_ssh_env = None
-
-
-def new_connection(address: str, **kwargs: Any) -> Connection:
-    """A fabric Connection on the one shared Config (see ``_Connection``)."""
-    return _Connection(address, config=_fabric_config(), **kwargs)
-
-
-def _fabric_config() -> Config:
-    """One fabric Config for every connection: ssh_config was merged by inventory.py, and
-    building a Config per host costs milliseconds each."""
-    with _shared_lock:
-        if not _config:
-            _config.append(Config(ssh_config=paramiko.SSHConfig()))
-        return _config[0]
+    def close(self) -> None:
+        self.client.close()
 
 
 class _CheckedTransport(paramiko.Transport):
