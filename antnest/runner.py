@@ -439,7 +439,14 @@ WIRE = {  # kind: (encode, decode), one pair per kind; tests check every Kind is
 
 
 class FrameReader(object):
-    """Splits a byte stream into (kind, payload) frames; `read(n)` returns b'' at EOF."""
+    """Splits a byte stream into (kind, payload) frames; `read(n)` returns b'' at EOF.
+
+    Each read asks for what the frame still lacks, at least SMALL_READ and at most `chunk`:
+    asking for `chunk` (1 MiB) every time made each small frame cost an mmap, mremap and
+    munmap of a 1 MiB buffer (malloc serves that size by mmap), about a third of a runner's
+    CPU per one-task round trip; a large frame still arrives in large reads."""
+
+    SMALL_READ = 65536   # below malloc's mmap threshold (128 KiB)
 
     def __init__(self, read, chunk=1 << 20):
         self._read = read
@@ -450,21 +457,21 @@ class FrameReader(object):
         """The next frame, or None at a clean EOF between frames."""
         need = HEADER.size
         while len(self._buf) < need:
-            if not self._fill():
+            if not self._fill(need):
                 if self._buf:
                     raise EOFError("stream closed inside a frame header")
                 return None
         size, kind = HEADER.unpack_from(self._buf)
         need += size
         while len(self._buf) < need:
-            if not self._fill():
+            if not self._fill(need):
                 raise EOFError("stream closed inside a frame")
         payload = bytes(self._buf[HEADER.size:need])
         del self._buf[:need]
         return kind, payload
 
-    def _fill(self):
-        data = self._read(self._chunk)
+    def _fill(self, need):
+        data = self._read(min(self._chunk, max(need - len(self._buf), self.SMALL_READ)))
         if not data:
             return False
         self._buf += data
