@@ -190,3 +190,48 @@ def test_large_inventories_resolve_without_a_process_per_host(tmp_path: Path, mo
     hosts = load_hosts(host_list=",".join(f"alias{i}" for i in range(300)), ssh_config=config)
     assert spawned.call_count == 0
     assert hosts[299].address == "10.1.1.49"
+
+
+def test_known_hosts_gives_each_host_only_the_lines_that_can_match_it(tmp_path: Path) -> None:
+    """Each host's lookup visits its own lines (plain name), every hashed and every pattern
+    line, in file order; paramiko's visits the whole file, N² for N hosts."""
+    import paramiko
+
+    from antnest.transport import known_hosts
+
+    key = paramiko.Ed25519Key.from_private_key_file(str(_keygen(tmp_path / "k")))
+    other = paramiko.Ed25519Key.from_private_key_file(str(_keygen(tmp_path / "o")))
+    hashed = paramiko.HostKeys.hash_host("[10.0.0.7]:2222")
+    lines = [f"[10.0.0.{i}]:2222 ssh-ed25519 {other.get_base64()}" for i in range(300)]
+    lines += [f"{hashed} ssh-ed25519 {key.get_base64()}",
+              f"*.example.org ssh-ed25519 {key.get_base64()}"]
+    (tmp_path / "known_hosts").write_text("\n".join(lines) + "\n")
+    host = Host(name="h", address="10.0.0.7", port=2222)
+    known = known_hosts.load(host, (str(tmp_path / "known_hosts"),))
+    view = known.for_host("[10.0.0.7]:2222")
+    assert len(view._entries) == 3
+    assert view.lookup("[10.0.0.7]:2222")["ssh-ed25519"] == other   # the first line wins
+    assert known.for_host("[10.0.0.99]:2222").lookup("[10.0.0.99]:2222") is not None
+    assert known.for_host("a.example.org").lookup("a.example.org")["ssh-ed25519"] == key
+    assert known.for_host("nowhere").lookup("nowhere") is None
+
+
+def test_an_identity_file_is_read_once_for_all_hosts(fleet, tmp_path: Path, mocker) -> None:
+    """paramiko parses the key file for every host and key type; antnest reads it once."""
+    import paramiko
+
+    import antnest
+
+    inventory = fleet.write_inventory(tmp_path / "hosts.yaml", procs=1)
+    parsed = mocker.spy(paramiko.SSHClient, "_key_from_filepath")   # parses the file
+    with antnest.Cluster(str(inventory), known_hosts=[str(fleet.known_hosts)]) as cluster:
+        states = cluster.wait_for_hosts(timeout=60)
+    assert [s.state for s in states] == ["connected"] * len(fleet.hosts)
+    tried = [call.args[-2].__name__ for call in parsed.call_args_list]   # the key classes
+    assert len(tried) <= 3, tried   # RSA, ECDSA, Ed25519 once, not once per host
+
+
+def _keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+                   check=True, capture_output=True, timeout=30)
+    return path

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from antnest.transport import paramiko_without_invoke
 
@@ -80,6 +80,30 @@ class _PatternHostKeys(paramiko.HostKeys):
 class KnownHosts:
     keys: paramiko.HostKeys
     revoked: List[Tuple[HostKeyEntry, str]] = field(default_factory=list)  # entry, "file:line"
+    _index: Optional[Tuple[Dict[str, List[int]], List[int]]] = field(default=None, repr=False)
+    _index_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def for_host(self, hostname: str) -> paramiko.HostKeys:
+        """The entries that can match ``hostname`` (its plain name, every hashed and every
+        pattern line), in file order, as a HostKeys of their own. paramiko's lookup visits
+        every entry: with the whole file for each of N hosts, start-up cost N² (200 hosts:
+        40,000 matches, a second of CPU)."""
+        with self._index_lock:
+            if self._index is None:
+                plain: Dict[str, List[int]] = {}
+                scan: List[int] = []
+                for position, entry in enumerate(self.keys._entries):
+                    names = entry.hostnames
+                    if any(n.startswith("|1|") or any(c in n for c in "*?!") for n in names):
+                        scan.append(position)
+                    else:
+                        for name in dict.fromkeys(names):
+                            plain.setdefault(name, []).append(position)
+                self._index = (plain, scan)
+            plain, scan = self._index
+        view = _PatternHostKeys()
+        view._entries = [self.keys._entries[i] for i in sorted(plain.get(hostname, []) + scan)]
+        return view
 
     def check_revoked(self, host: Host, hostname: str, key: paramiko.PKey) -> None:
         """Refuse a key marked @revoked for this host name, as OpenSSH does."""
