@@ -439,43 +439,97 @@ WIRE = {  # kind: (encode, decode), one pair per kind; tests check every Kind is
 
 
 class FrameReader(object):
-    """Splits a byte stream into (kind, payload) frames; `read(n)` returns b'' at EOF.
+    """Splits a byte stream into (kind, payload) frames. Two ways to drive it: `next()` pulls
+    with the blocking `read(n)` it was given (b'' at EOF); `feed(data)` pushes what a selector
+    read and `pop()` takes the frames that are complete. A large frame's payload is read into
+    one buffer of its exact size (a bytearray), so it costs its size once, not three times.
 
-    Each read asks for what the frame still lacks, at least SMALL_READ and at most `chunk`:
-    asking for `chunk` (1 MiB) every time made each small frame cost an mmap, mremap and
-    munmap of a 1 MiB buffer (malloc serves that size by mmap), about a third of a runner's
-    CPU per one-task round trip; a large frame still arrives in large reads."""
+    Each read asks for `want()`: what the frame still lacks, at least SMALL_READ and at most
+    `chunk`. Asking for `chunk` (1 MiB) every time made each small frame cost an mmap, mremap
+    and munmap of a 1 MiB buffer (malloc serves that size by mmap), about a third of a
+    runner's CPU per one-task round trip; a large frame still arrives in large reads."""
 
     SMALL_READ = 65536   # below malloc's mmap threshold (128 KiB)
+    LARGE = 1 << 20      # payloads above this get a buffer of their own
 
-    def __init__(self, read, chunk=1 << 20):
+    def __init__(self, read=None, chunk=1 << 20):
         self._read = read
         self._chunk = chunk
         self._buf = bytearray()
+        self._large = None     # (kind, bytearray of the payload's size, bytes filled so far)
+
+    def feed(self, data):
+        """Add bytes read from the stream; returns whether a frame may be complete now."""
+        large = self._large
+        if large is None:
+            self._buf += data
+            return True
+        kind, payload, filled = large
+        view = memoryview(data)
+        take = min(len(view), len(payload) - filled)
+        payload[filled:filled + take] = view[:take]
+        filled += take
+        self._large = (kind, payload, filled)
+        if take < len(view):
+            self._buf += view[take:]
+        return filled == len(payload)
+
+    def pop(self):
+        """The next complete frame, or None when more bytes are needed."""
+        large = self._large
+        if large is not None:
+            kind, payload, filled = large
+            if filled < len(payload):
+                return None
+            self._large = None
+            return kind, payload
+        buf = self._buf
+        if len(buf) < HEADER.size:
+            return None
+        size, kind = HEADER.unpack_from(buf)
+        need = HEADER.size + size
+        if len(buf) >= need:
+            payload = bytes(buf[HEADER.size:need])
+            del buf[:need]
+            return kind, payload
+        if size <= self.LARGE:
+            return None
+        payload = bytearray(size)
+        have = len(buf) - HEADER.size
+        payload[:have] = memoryview(buf)[HEADER.size:]
+        del buf[:]
+        self._large = (kind, payload, have)
+        return None
+
+    def partial(self):
+        """Whether the stream stopped inside a frame (EOF now would cut one)."""
+        return bool(self._buf) or self._large is not None
+
+    def want(self):
+        """How many bytes to ask the stream for next."""
+        large = self._large
+        if large is not None:
+            lack = len(large[1]) - large[2]
+        elif len(self._buf) >= HEADER.size:
+            lack = HEADER.size + HEADER.unpack_from(self._buf)[0] - len(self._buf)
+        else:
+            lack = HEADER.size - len(self._buf)
+        return min(self._chunk, max(lack, self.SMALL_READ))
 
     def next(self):
         """The next frame, or None at a clean EOF between frames."""
-        need = HEADER.size
-        while len(self._buf) < need:
-            if not self._fill(need):
+        while True:
+            found = self.pop()
+            if found is not None:
+                return found
+            data = self._read(self.want())
+            if not data:
+                if self._large is not None or len(self._buf) >= HEADER.size:
+                    raise EOFError("stream closed inside a frame")
                 if self._buf:
                     raise EOFError("stream closed inside a frame header")
                 return None
-        size, kind = HEADER.unpack_from(self._buf)
-        need += size
-        while len(self._buf) < need:
-            if not self._fill(need):
-                raise EOFError("stream closed inside a frame")
-        payload = bytes(self._buf[HEADER.size:need])
-        del self._buf[:need]
-        return kind, payload
-
-    def _fill(self, need):
-        data = self._read(min(self._chunk, max(need - len(self._buf), self.SMALL_READ)))
-        if not data:
-            return False
-        self._buf += data
-        return True
+            self.feed(data)
 
 
 # ---------------------------------------------------------------------------------------------
