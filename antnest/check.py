@@ -108,6 +108,7 @@ def _probe(host: Host, connection: Connection, row: HostCheck) -> None:
         if proc is not None:
             proc.close()
             proc.kill()
+            proc.release()
         connection.close()
 
 

@@ -22,6 +22,7 @@ from typing import (IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, 
 from antnest import bootstrap, codeship, environment, runner
 from antnest import inventory as inventory_module
 from antnest import job as job_module
+from antnest.dispatch import Dispatcher
 from antnest.errors import (
     AntnestError,
     ForkedCluster,
@@ -203,6 +204,7 @@ class Cluster(Executor):
         self._shutdown = False
         self._running = False  # a first runner is up
         self._lock = threading.Lock()
+        self.dispatcher = Dispatcher()  # the one thread that reads every runner
         self._groups = [HostGroup(h, self) for h in host_list]
         self._stop_keepalive = threading.Event()
         started = time.monotonic()
@@ -579,6 +581,7 @@ class Cluster(Executor):
                 worker.stop()
         for group in self._groups:
             group.close()
+        self.dispatcher.close()
 
     def _broken_by_fork(self) -> None:
         """In a forked child: fail every pending future at once, refuse new work. No lock is

@@ -1,9 +1,13 @@
-"""Workers: one thread per runner slot. It boots a runner, checks its HELLO, reads its frames,
+"""Runner slots: each boots a runner, checks its HELLO, hands its stream to the dispatcher,
 and starts a new runner when one is lost (reconnecting the host first when the link is gone).
 
+A slot has a thread only while it boots or winds a runner down; while its runner serves,
+the cluster's one dispatcher thread (antnest.dispatch) reads its frames and calls
+`Worker.HANDLERS`, one handler per kind, decoding payloads with runner.WIRE. Sends never wait
+for a host: the transports queue what a link cannot take at once (antnest.transport.outgoing).
+
 A HostGroup holds what the slots of one host share: its `Connection` (whatever transport
-`Host.transport` names, see antnest.transport) and the host's state. Frames from a runner go
-to `Worker.HANDLERS`, one handler per kind; their payloads are decoded with runner.WIRE.
+`Host.transport` names, see antnest.transport) and the host's state.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from antnest import codeship, runner
+from antnest.dispatch import Dispatcher, Watch
 from antnest.errors import BootstrapError, HostError, format_seconds
 from antnest.host import Host, HostStatus, State
 from antnest.runner import FrameReader, Kind, decode_hello, encode, frame
@@ -59,6 +64,7 @@ class HostGroup:
         self.name = host.name
         self.cluster = cluster
         self.scheduler = cluster.scheduler
+        self.dispatcher: Dispatcher = cluster.dispatcher
         # the transport module (paramiko, fabric...) loads only when a host needs it
         self.connection: Connection = open_connection(host, cluster.ssh_options)
         self.state = HostState(host.name, self.connection.address)
@@ -185,7 +191,12 @@ class Worker:
         self.aborted: Optional[str] = None  # why we stopped this runner on purpose
         self.pickle_protocol = 5
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._main, name=f"antnest-{self.label}", daemon=True)
+        self._finished = threading.Event()   # the slot is over: no runner, no thread
+        self._thread: Optional[threading.Thread] = None  # booting or winding down, else None
+        self._watch: Optional[Watch] = None
+        self._ended: Optional[Tuple[str, bool]] = None   # what a handler said ended the runner
+        self._broken = False                              # a handler hit a bug
+        self._reader: Optional[FrameReader] = None
         self._counted = False
         self._output_batch: Optional[int] = None   # the batch whose output output_bytes counts
         self.output_bytes = 0
@@ -195,6 +206,12 @@ class Worker:
         self._counted = counted
         if not counted:
             self.scheduler.booting()
+        self._spawn(self._life)
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        """Run a step of the slot's life on a thread of its own (boots wait on the network)."""
+        self._thread = threading.Thread(target=self._main, args=(target,) + args,
+                                        name=f"antnest-{self.label}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -215,42 +232,51 @@ class Worker:
         threading.Thread(target=proc.kill, daemon=True).start()
 
     def join(self, timeout: float) -> None:
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        """Wait (bounded) until the slot is over: its runner ended and nothing restarts it."""
+        thread = self._thread
+        if thread is not None and thread is threading.current_thread():
+            return
+        self._finished.wait(timeout)
 
     # -- the slot's life ---------------------------------------------------------------------
-    def _main(self) -> None:
+    def _main(self, step: Callable[..., None], *args: Any) -> None:
         try:
-            self._life()
+            step(*args)
         except Exception:  # a bug here must not leave the cluster waiting for this slot
             log.exception("%s: runner slot failed unexpectedly", self.label)
-            self.accepting = False
-            self.gave_up = True
-            if self.proc is not None:
-                self.proc.kill()
-            if self in self.scheduler.workers:
-                self.scheduler.on_lost(self, "internal error", blame=False, will_restart=False)
-            else:  # it was (re)starting, and counted as such
-                self.scheduler.boot_failed()
+            self._give_up_broken()
+
+    def _give_up_broken(self) -> None:
+        self.accepting = False
+        self.gave_up = True
+        proc = self.proc
+        if proc is not None:
+            proc.kill()
+        if self in self.scheduler.workers:
+            self.scheduler.on_lost(self, "internal error", blame=False, will_restart=False)
+        else:  # it was (re)starting, and counted as such
+            self.scheduler.boot_failed()
+        self.group.update_alive()
+        self._finished.set()
 
     def _life(self) -> None:
+        """Boot (again, with back-off) until a runner serves; then the dispatcher reads it."""
         failures = 0
         delay = 0.5
-        first = True
+        first = self.proc is None
         while not self._stopping.is_set():
             try:
                 self._boot_or_host_error()
             except HostError as exc:
+                self._release()
                 if self._stopping.is_set() or self.group.setup_error is not None:
                     self.scheduler.boot_failed()  # closing, or the host is out already
-                    self.gave_up = True
-                    self.group.update_alive()
+                    self._finish()
                     return
                 failures += 1
                 self._boot_failed(exc, first, failures)
                 if first or failures >= MAX_RESTARTS or self._stopping.is_set():
-                    self.gave_up = True
-                    self.group.update_alive()
+                    self._finish()
                     if self.group.state.state == State.LOST:
                         log.error("host %s is lost (%s); the job goes on without it",
                                   self.host_name, exc.problem)
@@ -259,34 +285,132 @@ class Worker:
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 8.0)
                 continue
-            first = False
-            failures = 0
-            delay = 0.5
-            reason, blame = self._serve()
-            self.accepting = False
-            if self.proc is not None:
-                self.proc.kill()
-            if self.group.setup_error is not None:  # the same would happen again: give up
-                self.gave_up = True
-                self.scheduler.on_lost(self, reason, False, will_restart=False)
-                self.group.update_alive()
-                return
-            # no new runner for a cluster that is shutting down
-            stopping = self._stopping.is_set() or self.scheduler.closed is not None
-            self.scheduler.recorder.runner_exited(self.label, self.host_name, reason,
-                                                  lost=not stopping and not self.aborted)
-            if self.aborted:
-                log.debug("%s: runner stopped (%s)%s", self.label, reason,
-                          "" if stopping else "; starting a new one")
-            elif not stopping:
-                log.warning("%s: runner lost (%s); its unfinished taskunits go back to the queue",
-                            self.label, reason)
-                self.group.state.lost += 1
-                self.group.last_loss = reason
-            self.scheduler.on_lost(self, reason, blame and not stopping, will_restart=not stopping)
-            self.group.update_alive()
-            if stopping:
-                return
+            self._serve()
+            return
+        self.scheduler.boot_failed()
+        self._finish()
+
+    def _finish(self) -> None:
+        self.gave_up = True
+        self.group.update_alive()
+        self._finished.set()
+
+    def _release(self) -> None:
+        proc = self.proc
+        if proc is not None:
+            try:
+                proc.release()
+            except OSError:
+                pass
+
+    def _serve(self) -> None:
+        """Hand the runner's stream to the dispatcher; this thread ends."""
+        proc = self.proc
+        assert proc is not None and self._reader is not None
+        self._ended = None
+        self._broken = False
+        try:
+            fileno = proc.fileno()
+        except (OSError, ValueError) as exc:
+            self._spawn_end(f"connection broken: {exc}", exc)
+            return
+        watch = Watch(self.label, fileno, proc.read_nowait, self._on_data, self._on_end, DEAD_AFTER)
+        self._watch = watch
+        self._thread = None
+        try:
+            self.group.dispatcher.watch(watch)
+        except RuntimeError:  # the cluster closed its dispatcher meanwhile
+            self._after("closed", None)
+
+    def _on_data(self, data: bytes) -> bool:
+        """On the dispatcher thread: the frames in `data`, each to its handler. Returns False
+        when a handler says the runner is done for."""
+        reader = self._reader
+        assert reader is not None
+        if data:
+            reader.feed(data)
+        handlers = self.HANDLERS
+        while True:
+            found = reader.pop()
+            if found is None:
+                return True
+            kind, payload = found
+            handler = handlers.get(kind)
+            if handler is not None:
+                ended = handler(self, payload)
+                if ended is not None:
+                    self._ended = ended
+                    return False
+
+    def _on_end(self, why: str, error: Optional[BaseException]) -> None:
+        """On the dispatcher thread: the stream ended; the slot winds down on its own thread
+        (killing, diagnosing and rebooting all wait)."""
+        if why.startswith("internal error"):
+            self._broken = True
+        self.accepting = False
+        self._spawn_end(why, error)
+
+    def _spawn_end(self, why: str, error: Optional[BaseException]) -> None:
+        self._spawn(self._after, why, error)
+
+    def _after(self, why: str, error: Optional[BaseException]) -> None:
+        """The runner is over: say why, give its batches back, boot the next one."""
+        self._watch = None
+        reason, blame = self._why_ended(why, error)
+        self.accepting = False
+        if self.proc is not None:
+            self.proc.kill()
+        self._release()
+        if self._broken:
+            self._give_up_broken()
+            return
+        if self.group.setup_error is not None:  # the same would happen again: give up
+            self.gave_up = True
+            self.scheduler.on_lost(self, reason, False, will_restart=False)
+            self._finish()
+            return
+        # no new runner for a cluster that is shutting down
+        stopping = self._stopping.is_set() or self.scheduler.closed is not None
+        self.scheduler.recorder.runner_exited(self.label, self.host_name, reason,
+                                              lost=not stopping and not self.aborted)
+        if self.aborted:
+            log.debug("%s: runner stopped (%s)%s", self.label, reason,
+                      "" if stopping else "; starting a new one")
+        elif not stopping:
+            log.warning("%s: runner lost (%s); its unfinished taskunits go back to the queue",
+                        self.label, reason)
+            self.group.state.lost += 1
+            self.group.last_loss = reason
+        self.scheduler.on_lost(self, reason, blame and not stopping, will_restart=not stopping)
+        self.group.update_alive()
+        if stopping:
+            self._finished.set()  # over, not given up: the host closes, it is not lost
+            return
+        self._life()
+
+    def _why_ended(self, why: str, error: Optional[BaseException]) -> Tuple[str, bool]:
+        """(why, whether to blame its task) for a runner whose stream ended."""
+        if self._ended is not None:
+            return self._ended
+        if self._broken:
+            return why, False
+        if isinstance(error, socket.timeout):
+            return f"no word from the host for {format_seconds(DEAD_AFTER)}", False
+        reader = self._reader
+        if error is None and why == "eof" and reader is not None and reader.partial():
+            why, error = "connection broken: stream closed inside a frame", EOFError()
+        if error is not None or why == "closed":
+            if self._stopping.is_set() or why == "closed":
+                return "stopped", False
+            return why, self._link_alive()
+        if self._stopping.is_set():
+            return "stopped", False
+        if self.aborted:
+            return self.aborted, False
+        alive = self._link_alive()
+        proc = self.proc
+        detail = proc.diagnose() if alive and proc is not None else "the SSH connection is gone"
+        return f"runner exited ({detail})", alive
 
     def _boot_failed(self, exc: HostError, first: bool, failures: int) -> None:
         group = self.group
@@ -320,17 +444,22 @@ class Worker:
 
     def _boot(self) -> None:
         """Start a runner and wait for its HELLO; raise a HostError saying what went wrong."""
-        self.inflight.clear()
-        self.outbox.clear()
-        self.loaded = set()
-        self.to_forget.clear()
-        self.shipped = set()
-        self.culprit_known = False
+        with self.send_lock:  # a send still going to the old runner finishes first
+            self.inflight.clear()
+            self.outbox.clear()
+            self.loaded = set()
+            self.to_forget.clear()
+            self.shipped = set()
+            self.culprit_known = False
+            old, self.proc = self.proc, None
+        if old is not None:
+            old.release()
         recorder = self.scheduler.recorder
         recorder.runner_booting(self.label, self.host_name)
         proc = self.group.start_runner(self.label)
         self._epoch = self.group.link_epoch
-        self.proc = proc
+        with self.send_lock:
+            self.proc = proc
         if self._stopping.is_set():  # stop() ran while we booted: it could not see this proc
             proc.kill()
             raise BootstrapError(self.host_name, "the cluster is shutting down")
@@ -358,37 +487,6 @@ class Worker:
         self.accepting = True
         self.scheduler.add_worker(self)
         self.group.update_alive()
-
-    def _serve(self):
-        """Read frames until the runner goes away; returns (why, whether to blame its task)."""
-        reader = self._reader
-        handlers = self.HANDLERS
-        proc = self.proc
-        assert proc is not None
-        try:
-            while True:
-                frame = reader.next()
-                if frame is None:
-                    break
-                kind, payload = frame
-                handler = handlers.get(kind)
-                if handler is not None:
-                    ended = handler(self, payload)
-                    if ended is not None:
-                        return ended
-        except socket.timeout:
-            return f"no word from the host for {format_seconds(DEAD_AFTER)}", False
-        except link_errors() as exc:
-            if self._stopping.is_set():
-                return "stopped", False
-            return f"connection broken: {exc}", self._link_alive()
-        if self._stopping.is_set():
-            return "stopped", False
-        if self.aborted:
-            return self.aborted, False
-        alive = self._link_alive()
-        detail = proc.diagnose() if alive else "the SSH connection is gone"
-        return f"runner exited ({detail})", alive
 
     def _answer_module(self, name: str) -> None:
         """A runner imports a module its host lacks: the master's source, or why not."""
@@ -508,8 +606,9 @@ class Worker:
                                                        len(payload))
                 except link_errors() + (AttributeError,) as exc:
                     log.debug("%s: send failed: %s", self.label, exc)
-                    if self.proc is not None:
-                        self.proc.kill()  # the reader sees EOF and gives the batches back
+                    proc = self.proc
+                    if proc is not None:  # the reader sees EOF and gives the batches back
+                        threading.Thread(target=proc.kill, daemon=True).start()
                     return gave_back
 
     def _forget_frames(self) -> tuple:

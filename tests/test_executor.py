@@ -746,20 +746,22 @@ def test_a_killed_local_runner_never_touches_a_reused_fd() -> None:
     from antnest.transport.local import LocalProcess
 
     first = LocalProcess("first")
-    stdin, stdout = first._stdin, first._stdout
     first.kill()
-    while first.recv(65536):  # the reader drains to EOF, which closes its pipe
+    while first.recv(65536):  # the reader drains to EOF, then releases the read side
         pass
+    first.release()
     second = LocalProcess("second")  # most likely takes the numbers just freed
     try:
         with pytest.raises(BrokenPipeError):
             first.send(b"a task frame for a dead runner")
-        assert first.recv(100) == b""
-        assert (first._stdin, first._stdout) == (None, None) and stdin is not None and stdout
+        assert first.recv(100) == b"" and first.read_nowait(100) == b""
+        with pytest.raises(ValueError):
+            first.fileno()
         hello = second.recv(65536)  # the second runner's stream is intact: its HELLO first
         assert hello[8:9] == bytes([1])
     finally:
         second.kill()
+        second.release()
 
 
 def test_a_submitted_function_collected_during_another_submit_does_not_deadlock(mocker) -> None:

@@ -36,7 +36,12 @@ TRANSPORTS: Dict[str, str] = {  # Host.transport -> "module:function" returning 
 
 
 class RunnerProcess(Protocol):
-    """One runner: the frames of runner.py travel over send()/recv()."""
+    """One runner: the frames of runner.py travel over send() and the reads.
+
+    Two ways to read: `recv()` blocks (the boot reads HELLO with it, under `set_timeout`);
+    after HELLO the dispatcher (antnest.dispatch) selects on `fileno()` and calls
+    `read_nowait()`. The read side is closed by `release()` alone, once nobody selects on it,
+    so its fd number is never another runner's while it is watched."""
 
     label: str
 
@@ -44,17 +49,28 @@ class RunnerProcess(Protocol):
         """recv() raises socket.timeout after this long without a byte; None waits forever."""
 
     def send(self, *chunks: bytes) -> None:
-        """Write every chunk to the runner's stdin, in order (blocks while the pipe or window
-        is full). Several chunks save joining a header to a large payload."""
+        """Queue every chunk for the runner's stdin, in order, without blocking the caller
+        for long: what the pipe or window cannot take now is written by a short-lived thread
+        (antnest.transport.outgoing). A broken link raises here or ends the read side."""
 
     def recv(self, size: int) -> bytes:
         """Up to `size` bytes of the runner's stdout; b'' at EOF."""
+
+    def fileno(self) -> int:
+        """A fd that is readable when read_nowait() has something: bytes or the EOF."""
+
+    def read_nowait(self, size: int) -> Optional[bytes]:
+        """Up to `size` bytes that are there now; b'' at EOF; None when nothing is (yet)."""
 
     def close(self) -> None:
         """Close the runner's stdin: it exits at once, even mid-task."""
 
     def kill(self) -> None:
-        """Tear the process down without waiting for it."""
+        """Tear the process down without waiting for it; the read side stays open until
+        release() (the reader sees the EOF)."""
+
+    def release(self) -> None:
+        """Close the read side; called once, by whoever read it last."""
 
     def diagnose(self) -> str:
         """After EOF: exit status and the tail of stderr, for error messages."""
@@ -233,3 +249,13 @@ def describe_exit(code: Optional[int], stderr: str, status: Optional[str] = None
                 status = f"killed by signal {-code}"
     tail = stderr.strip()
     return f"{status}; stderr: {tail[-2000:]}" if tail else status
+
+
+def file_tail(stream: Any, size: int = 8192) -> str:
+    """The last `size` bytes of a stderr file, as text."""
+    try:
+        end = stream.seek(0, os.SEEK_END)
+        stream.seek(max(0, end - size))
+        return stream.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return ""

@@ -12,6 +12,7 @@ options)` and one line in antnest.transport.TRANSPORTS (like httpx's MockTranspo
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
 import socket
 import sys
@@ -177,6 +178,8 @@ class MemoryProcess:
         self._passed: set = set()
         self.task_timeout: Optional[float] = None
         self.timeout: Optional[float] = None
+        self._ready_r, self._ready_w = os.pipe()  # readable while there is output or an end
+        self._ready = False
         hello = {"magic": runner.MAGIC.decode(), "protocol": runner.PROTOCOL_VERSION,
                  "python": list(sys.version_info[:3]), "implementation": sys.implementation.name,
                  "executable": sys.executable, "hostname": host.name, "pid": next(_pids),
@@ -218,6 +221,43 @@ class MemoryProcess:
                 raise socket.timeout("scripted silence")
             return b""
 
+    def fileno(self) -> int:
+        return self._ready_r
+
+    def read_nowait(self, size: int) -> Optional[bytes]:
+        """What recv() would return now; None when it would wait. A silent (HANG) runner
+        raises socket.timeout: the master's silence bound, reached at once."""
+        with self._cond:
+            if self._out:
+                data = bytes(self._out[:size])
+                del self._out[:size]
+            elif self._silent:
+                raise socket.timeout("scripted silence")
+            elif self.exit_code is not None:
+                data = b""
+            else:
+                data = None
+            if not self._out and self.exit_code is None and not self._silent:
+                self._signal(False)
+            return data
+
+    def release(self) -> None:
+        with self._cond:
+            if self._ready_r >= 0:
+                os.close(self._ready_r)
+                os.close(self._ready_w)
+                self._ready_r = self._ready_w = -1
+
+    def _signal(self, ready: bool) -> None:
+        """Make fileno() readable or not (the condition's lock held)."""
+        if ready == self._ready or self._ready_w < 0:
+            return
+        self._ready = ready
+        if ready:
+            os.write(self._ready_w, b"!")
+        else:
+            os.read(self._ready_r, 1)
+
     def close(self) -> None:
         self._exit(0)
 
@@ -232,12 +272,14 @@ class MemoryProcess:
         with self._cond:
             if self.exit_code is None and not self._silent:
                 self._out += runner.encode(kind, payload)
+                self._signal(True)
                 self._cond.notify_all()
 
     def _exit(self, code: int) -> None:
         with self._cond:
             if self.exit_code is None:
                 self.exit_code = code
+            self._signal(True)
             self._cond.notify_all()
 
     def _handle(self, kind: int, payload: bytes) -> None:
@@ -323,6 +365,7 @@ class MemoryProcess:
         elif action == HANG:
             with self._cond:
                 self._silent = True
+                self._signal(True)
                 self._cond.notify_all()
         elif action == TIMEOUT:
             elapsed = (self.task_timeout or 0.0) + 1.0

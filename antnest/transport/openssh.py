@@ -42,7 +42,7 @@ from antnest.transport import CommandExit, OutputSink
 from antnest.errors import AuthError, ConnectError, HostError, HostKeyError
 from antnest.host import Host
 from antnest.inventory.ssh_options import DEFAULT_GLOBAL_KNOWN_HOSTS, DEFAULT_USER_KNOWN_HOSTS
-from antnest.transport import SshOptions, describe_exit
+from antnest.transport import SshOptions, describe_exit, file_tail, outgoing
 
 log = logging.getLogger(__name__)
 
@@ -542,47 +542,61 @@ class OpenSshProcess:
         self.label = label
         self._conn = conn
         self._timeout: Optional[float] = None
+        # ssh's stderr (its own errors, the runner's fatal words) goes to an unlinked file
+        # that diagnose() reads: no thread per runner to drain it
+        self._stderr = tempfile.TemporaryFile()
         self._proc = _spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
-        assert self._proc.stdin and self._proc.stdout and self._proc.stderr
-        self._stdin = self._proc.stdin.fileno()
-        self._stdout = self._proc.stdout.fileno()
-        for fd in (self._stdin, self._stdout):
+                            stderr=self._stderr, bufsize=0, start_new_session=True)
+        assert self._proc.stdin and self._proc.stdout
+        self._stdout: Optional[int] = self._proc.stdout.fileno()
+        for fd in (self._proc.stdin.fileno(), self._stdout):
             _grow_pipe(fd)
-        self._tail: collections.deque = collections.deque(maxlen=64)
-        threading.Thread(target=self._drain, daemon=True).start()
+        self._out = outgoing.pipe_writer(label, self._proc.stdin, lambda exc: self.kill())
         try:
             self.send(bootstrap.stage2())
         except OSError:   # ssh or the command already ended: recv sees EOF, diagnose says why
             pass
-
-    def _drain(self) -> None:
-        assert self._proc.stderr is not None
-        for line in self._proc.stderr:
-            self._tail.append(line.decode("utf-8", "replace"))
 
     def set_timeout(self, seconds: Optional[float]) -> None:
         """A recv that hears nothing this long raises socket.timeout (as a paramiko channel)."""
         self._timeout = seconds
 
     def send(self, *chunks: bytes) -> None:
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(self._stdin, view):]
+        self._out.send(*chunks)
 
     def recv(self, size: int) -> bytes:
+        fd = self._stdout
+        if fd is None:
+            return b""
         if self._timeout is not None:
-            ready, _, _ = select.select([self._stdout], [], [], self._timeout)
+            ready, _, _ = select.select([fd], [], [], self._timeout)
             if not ready:
                 raise socket.timeout("no data from the runner")
-        return os.read(self._stdout, size)
+        return os.read(fd, size)
 
-    def close(self) -> None:
+    def fileno(self) -> int:
+        if self._stdout is None:
+            raise ValueError(f"{self.label}: the runner's stdout is closed")
+        return self._stdout
+
+    def read_nowait(self, size: int) -> Optional[bytes]:
+        fd = self._stdout
+        if fd is None:
+            return b""
         try:
-            self._proc.stdin.close()  # type: ignore[union-attr]
+            return os.read(fd, size)
+        except BlockingIOError:
+            return None
+
+    def release(self) -> None:
+        self._stdout = None
+        try:
+            self._proc.stdout.close()  # type: ignore[union-attr]
         except OSError:
             pass
+
+    def close(self) -> None:
+        self._out.close()
 
     def kill(self) -> None:
         self.close()
@@ -592,19 +606,13 @@ class OpenSshProcess:
             self._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        for stream in (self._proc.stdout, self._proc.stderr):
-            try:
-                stream.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
 
     def diagnose(self) -> str:
         try:
             code: Optional[int] = self._proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             code = None
-        time.sleep(0.02)
-        stderr = "".join(self._tail)
+        stderr = file_tail(self._stderr)
         if code == 255:
             error = classify(self._conn.host, stderr, self._conn.options)
             return describe_exit(None, stderr, f"ssh failed ({error.problem})")

@@ -30,7 +30,7 @@ from antnest.transport import STOP_CHECK, CommandExit, OutputSink
 from antnest.errors import AuthError, ConnectError, HostError, HostKeyError, format_seconds
 from antnest.host import Host, HostStatus
 from antnest.limits import FD_ERRNOS, fd_limit_advice
-from antnest.transport import SshOptions, describe_exit, known_hosts
+from antnest.transport import SshOptions, describe_exit, known_hosts, outgoing
 from antnest.transport.handshakes import handshakes
 
 log = logging.getLogger(__name__)
@@ -522,6 +522,12 @@ class SshProcess:
     def __init__(self, label: str, channel: paramiko.Channel, python: str) -> None:
         self.label = label
         self._channel = channel
+        # readable when stdout has bytes or ended (paramiko's own fileno() also wakes on
+        # stderr, which the frames never read)
+        self._event: Optional[Any] = paramiko.pipe.make_pipe()
+        channel.in_buffer.set_event(self._event)
+        self._out = outgoing.Outgoing(label, self._try_write, self._wait_window, self._shut,
+                                      lambda exc: self.kill())
         channel.exec_command(bootstrap.command(python))
         try:
             channel.sendall(bootstrap.stage2())
@@ -535,25 +541,58 @@ class SshProcess:
         self._channel.settimeout(seconds)
 
     def send(self, *chunks: bytes) -> None:
-        for chunk in chunks:  # a memoryview: paramiko slices it per packet without copying
-            self._channel.sendall(memoryview(chunk))
+        self._out.send(*chunks)
 
-    def recv(self, size: int) -> bytes:
-        return self._channel.recv(size)
+    def _try_write(self, view: memoryview) -> int:
+        channel = self._channel
+        if channel.closed or channel.eof_sent:
+            raise BrokenPipeError(f"{self.label}: the channel is closed")
+        if not channel.send_ready():
+            return 0
+        return channel.send(view)   # a window is open: sends up to one packet, no waiting
 
-    def close(self) -> None:
+    def _wait_window(self, seconds: float) -> None:
+        channel = self._channel
+        with channel.out_buffer_cv:  # paramiko notifies it when the host widens the window
+            if channel.out_window_size == 0 and not channel.closed and not channel.eof_sent:
+                channel.out_buffer_cv.wait(seconds)
+
+    def _shut(self) -> None:
         try:
             self._channel.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException):
             pass
 
+    def recv(self, size: int) -> bytes:
+        return self._channel.recv(size)
+
+    def fileno(self) -> int:
+        if self._event is None:
+            raise ValueError(f"{self.label}: released")
+        return int(self._event.fileno())
+
+    def read_nowait(self, size: int) -> Optional[bytes]:
+        channel = self._channel
+        if channel.recv_ready() or channel.eof_received or channel.closed:
+            return channel.recv(size)
+        return None
+
+    def release(self) -> None:
+        event, self._event = self._event, None
+        if event is not None:
+            event.close()
+
+    def close(self) -> None:
+        self._out.close()
+
     def kill(self) -> None:
+        self._out.close()
         self._channel.close()
 
     def diagnose(self) -> str:
         deadline = time.monotonic() + 2
         while not self._channel.exit_status_ready() and time.monotonic() < deadline:
-            time.sleep(0.02)
+            self._channel.status_event.wait(0.1)
         ready = self._channel.exit_status_ready()
         code = self._channel.recv_exit_status() if ready else None
         chunks = []
@@ -563,7 +602,6 @@ class SshProcess:
         if code == -1:  # paramiko's word for "ended by a signal" (it drops which one)
             return describe_exit(None, stderr, "killed by a signal")
         return describe_exit(code, stderr, None if ready else "no exit status yet")
-
 
 class ShellProxyCommand(paramiko.ProxyCommand):
     """ProxyCommand run as OpenSSH runs it: ``exec`` through the user's shell, so pipes,
