@@ -152,8 +152,12 @@ class _Feeder:
                 if count >= next_check:
                     if count - call.consumed >= call.ahead_limit():
                         waited = time.monotonic()
-                        while count - call.consumed >= call.ahead_limit() and call.error is None:
-                            time.sleep(0.01)
+                        with sched.cond:  # results() notifies when it consumes (feeder_waiting)
+                            while count - call.consumed >= call.ahead_limit() and \
+                                    call.error is None and not call.stop_reading:
+                                call.feeder_waiting = True
+                                sched.cond.wait(1.0)
+                            call.feeder_waiting = False
                         held += time.monotonic() - waited
                     if call.error is not None or call.stop_reading:
                         return
@@ -259,6 +263,7 @@ class Call:
         self.next_seq = 0            # next taskunit id to hand out
         self.taken = 0
         self.consumed = 0
+        self.feeder_waiting = False   # the input reader waits for consumed to move
         self.exhausted = False
         self.error: Optional[BaseException] = None   # ends the call (fail fast, cancel, no hosts)
         self.failures: List[TaskError] = []
@@ -550,6 +555,8 @@ class Stream:
                 chunk = self._ready.popleft()
                 throttled = call.taken - call.consumed >= call.policy.max_ahead
                 call.consumed += len(chunk)
+                if call.feeder_waiting:  # the input reader waits for room: there is some now
+                    sched.cond.notify_all()
             if throttled:
                 sched.pump()
             if len(chunk) == 1 and type(chunk[0]) is Failure:
