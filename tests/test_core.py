@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 import threading
 import uuid
 from concurrent.futures import CancelledError, wait
@@ -351,3 +352,36 @@ def test_every_result_exactly_once_under_any_losses(
         runs = fleet.runs()
         again = {i for i, n in runs.items() if n > 1}
         assert again <= {i for i, (fault, _) in faults.items() if fault == RAISE}, again
+
+
+# -- one reading thread, whatever the number of runner slots -----------------------------------
+
+def _antnest_threads() -> List[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("antnest-"))
+
+
+def _threads_while_serving(fleets: Callable[..., Fleet], hosts: int) -> List[str]:
+    fleet = fleets(hosts, procs=2, act=lambda host, item, proc: HOLD if item == "hold" else RUN)
+    with fleet.cluster() as cluster:
+        cluster.wait_for_hosts(timeout=BOUND)
+        assert sum(h.alive for h in cluster.hosts) == 2 * hosts
+        assert list(cluster.map(square, range(200))) == [n * n for n in range(200)]
+        held = cluster.submit(key, "hold")   # a runner busy mid-taskunit while we count
+        for script in fleet.scripts:
+            if script.held():
+                break
+        names = _antnest_threads()
+        for script in fleet.scripts:
+            script.release()
+        assert held.result(timeout=BOUND) == "hold"
+    return names
+
+
+def test_master_threads_do_not_grow_with_runner_slots(fleets: Callable[..., Fleet]) -> None:
+    """64 runner slots are read by the same threads as 8: the dispatcher, the monitor, the
+    settlers; no reader (nor booting) thread stays per slot once its runner serves."""
+    few = _threads_while_serving(fleets, 4)
+    many = _threads_while_serving(fleets, 32)
+    assert "antnest-dispatch" in many
+    assert not [n for n in many if re.match(r"antnest-m\d", n)], many  # no per-slot thread
+    assert len(many) <= len(few) + 1, (few, many)  # a settler more at most, never 56 more
