@@ -319,7 +319,8 @@ class Worker:
         self._thread = None
         try:
             self.group.dispatcher.watch(watch)
-        except RuntimeError:  # the cluster closed its dispatcher meanwhile
+        except RuntimeError:  # the cluster closed its dispatcher meanwhile: it is closing
+            self._stopping.set()
             self._after("closed", None)
 
     def _on_data(self, data: bytes) -> bool:
