@@ -126,6 +126,9 @@ class Dispatcher:
     def _add(self, watch: Watch) -> None:
         if watch.ended:
             return
+        stale = self._watches.get(watch.fileno)
+        if stale is not None:  # its fd was closed under us and the number handed out again
+            self._end(stale, "connection broken: its stream was closed", OSError())
         try:
             self._selector.register(watch.fileno, selectors.EVENT_READ, watch)
         except (ValueError, OSError, KeyError) as exc:  # closed under us: the runner is gone
