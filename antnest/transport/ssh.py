@@ -486,6 +486,9 @@ class _CheckedTransport(paramiko.Transport):
     before any authentication is attempted)."""
 
     antnest_check: Any = None
+    # paramiko's thread wakes this often to look at its flags (0.1 s by default): ten wake-ups
+    # a second per idle host. Closing closes the socket, which ends the wait at once anyway.
+    _active_check_timeout = 1.0
 
     def get_remote_server_key(self) -> paramiko.PKey:
         key = super().get_remote_server_key()
