@@ -13,7 +13,7 @@ import logging
 import os
 import select
 import threading
-from typing import Any, Callable, Deque, Optional
+from typing import Any, Callable, Deque, List, Optional
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def pipe_writer(label: str, stream: Any, on_broken: Callable[[BaseException], No
     is made non-blocking and closed by Outgoing.close()."""
     fd = stream.fileno()
     os.set_blocking(fd, False)
-    closed = []
+    closed: List[bool] = []
 
     def try_write(view: memoryview) -> int:
         if closed:

@@ -590,7 +590,10 @@ class SshProcess:
 
     def kill(self) -> None:
         self._out.close()
-        self._channel.close()
+        try:
+            self._channel.close()
+        except (OSError, EOFError, paramiko.SSHException):  # the link is gone already
+            pass
 
     def diagnose(self) -> str:
         deadline = time.monotonic() + 2
