@@ -260,10 +260,8 @@ OUT_OF_BAND_SCAN = 32   # ...when its RESULTS frame has at most this many: the s
 JOIN_BELOW = 1 << 16    # frames smaller than this are joined and written at once
 OOB_TRAILER = struct.Struct(">IB")   # how many such buffers, OOB_MARK (a pickle ends with ".")
 OOB_MARK = 0x42
-try:
-    _PickleBuffer = pickle.PickleBuffer   # Python 3.8+
-except AttributeError:  # pragma: no cover - 3.6 and 3.7 hosts: every result in the pickle
-    _PickleBuffer = None
+# Python 3.8+; None on 3.6 and 3.7 hosts, where every result stays in the pickle
+_PickleBuffer = getattr(pickle, "PickleBuffer", None)
 
 
 def encode_results(batch_id, offset, values, errors, elapsed, protocol=None):

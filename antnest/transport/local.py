@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from typing import Optional
 
 from antnest import bootstrap
