@@ -314,7 +314,10 @@ class Worker:
         except (OSError, ValueError) as exc:
             self._spawn_end(f"connection broken: {exc}", exc)
             return
-        watch = Watch(self.label, fileno, proc.read_nowait, self._on_data, self._on_end, DEAD_AFTER)
+        reader = self._reader
+        # each read asks for what the frame lacks (FrameReader.want: small reads stay small)
+        watch = Watch(self.label, fileno, lambda _: proc.read_nowait(reader.want()),
+                      self._on_data, self._on_end, DEAD_AFTER)
         self._watch = watch
         self._thread = None
         try:
