@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Type
@@ -207,8 +208,8 @@ except OSError:  # pragma: no cover - not glibc/musl Linux
 def _die_with_parent() -> None:
     """preexec_fn: a daemon must not outlive a test run that was itself SIGKILLed.
 
-    Linux ties this to the *thread* that started the daemon: start a fleet from a thread that
-    lives as long as the fleet (the main thread, in pytest and the benchmarks).
+    Linux ties this to the *thread* that started the daemon, so SshdFleet starts every daemon
+    from a thread of its own that lives as long as the fleet (see SshdFleet._spawn).
     """
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -266,6 +267,7 @@ class SshdFleet:
         self.authorized_keys = self.workdir / "authorized_keys"
         self._daemons: Dict[str, _Daemon] = {}
         self._sshd: Optional[str] = None
+        self._spawner: Optional[ThreadPoolExecutor] = None  # the daemons' parent thread
 
     # -- lifecycle
 
@@ -319,6 +321,9 @@ class SshdFleet:
             _signal(proc, signal.SIGKILL)
         for daemon in running:
             self._reap(daemon)
+        if self._spawner is not None:
+            self._spawner.shutdown(wait=True)
+            self._spawner = None
 
     def __enter__(self) -> "SshdFleet":
         return self.start()
@@ -429,6 +434,14 @@ class SshdFleet:
             daemon.process = None
 
     def _spawn(self, daemon: _Daemon) -> None:
+        """Start the daemon from the fleet's own thread: the parent-death signal follows the
+        thread that forked it, and a host restarted from a short-lived thread (a fault
+        injected mid-job) must not be killed when that thread ends."""
+        if self._spawner is None:
+            self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sshd-fleet")
+        self._spawner.submit(self._popen, daemon).result()
+
+    def _popen(self, daemon: _Daemon) -> None:
         assert self._sshd is not None
         daemon.config_path.write_text(self._sshd_config(daemon))
         with open(daemon.log_path, "ab") as log_file:
