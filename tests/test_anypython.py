@@ -24,9 +24,9 @@ import antnest
 from antnest.host import Host
 from antnest.runner import CodeShippingError
 from antnest.testing import SshdFleet
+from plugins.cli import JOBS, REPO
+from plugins.tools import require
 
-REPO = Path(__file__).resolve().parent.parent
-JOBS = REPO / "jobs"
 HERE = Path(__file__).resolve().parent / "jobs_anypython"
 VERSIONS = ["3.6", "3.8", "3.10", "3.12", "3.13"]
 MASTER_MINOR = "%d.%d" % sys.version_info[:2]
@@ -51,11 +51,8 @@ def interpreters() -> Dict[str, str]:
             if re.fullmatch(re.escape(minor) + r"\.\d+", entry.name) and os.access(python, os.X_OK):
                 found[minor] = str(python)
     missing = [v for v in VERSIONS if v not in found]
-    if missing:
-        message = f"pyenv interpreters missing: Python {', '.join(missing)} (under {versions})"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require(not missing,
+            f"pyenv interpreters missing: Python {', '.join(missing)} (under {versions})")
     return found
 
 

@@ -25,9 +25,9 @@ import antnest
 from antnest import errors
 from antnest.testing import SshdFleet
 from antnest.transport.ssh import SshConnection
-from conftest import REPO
+from plugins.cli import HELLO_WORLD, REPO
+from plugins.processes import bounded
 
-HELLO_WORLD = "olleh\ndlrow\n"
 GATE_SECONDS = 30.0
 
 pytestmark = pytest.mark.usefixtures("fleet_leftovers")
@@ -211,27 +211,6 @@ def test_wait_first_exception_on_submitted_futures(cluster_kwargs: dict,
         assert held.result(timeout=GATE_SECONDS) == 1
 
 
-def finishes_within(seconds: float, fn, *args):
-    """fn(*args) on a daemon thread; its result, or a test failure if it is still going."""
-    outcome: list = []
-
-    def call() -> None:
-        try:
-            outcome.append((True, fn(*args)))
-        except BaseException as exc:  # handed to the test thread
-            outcome.append((False, exc))
-
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if not outcome:
-        pytest.fail(f"{getattr(fn, '__name__', fn)} did not finish within {seconds:g} s")
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
-
-
 # --- a call abandoned mid-flight ---------------------------------------------------------------
 # A map whose reader stops early (or fails fast on a task error) ends while batches are still
 # running on the runners. Their results are of no use any more, but the runners must come back
@@ -253,7 +232,7 @@ def spread(item: tuple) -> str:
 def assert_every_host_takes_work(cluster: antnest.Cluster, fleet: SshdFleet,
                                  gate: Path) -> None:
     gate.mkdir()
-    homes = finishes_within(10, lambda: set(cluster.map(spread, [(str(gate), 3)] * 12)))
+    homes = bounded(lambda: set(cluster.map(spread, [(str(gate), 3)] * 12)), 10, "the map")
     assert homes == {str(h.home) for h in fleet.hosts}, "some runners never took new work"
 
 
@@ -273,7 +252,7 @@ def test_runners_serve_the_next_call_after_a_map_abandoned_mid_flight(
             results.close()          # the reader walks away while the held batches run
             release.touch()
             assert_every_host_takes_work(cluster, fleet, tmp_path / "spread")
-            assert finishes_within(20, lambda: cluster.submit(square, 7).result()) == 49
+            assert bounded(lambda: cluster.submit(square, 7).result(), 20, "the next call") == 49
     finally:
         release.touch()
 
@@ -327,8 +306,8 @@ def test_map_timeout_raises_timeout_error_while_tasks_are_still_running(
                 f"result arrived, not when the timeout expired")
             release.touch()
             # The cluster is still usable afterwards.
-            assert finishes_within(20, lambda: list(cluster.map(square, range(10), timeout=60))) \
-                == [n * n for n in range(10)]
+            got = bounded(lambda: list(cluster.map(square, range(10), timeout=60)), 20, "the map")
+            assert got == [n * n for n in range(10)]
     finally:
         opener.cancel()
         release.touch()
@@ -462,7 +441,7 @@ def test_shutdown_right_after_a_hello_is_no_error(
         assert held.wait(30)
     finally:
         stopping.set()
-        finishes_within(20, cluster.shutdown)
+        bounded(cluster.shutdown, 20, "shutdown")
     assert problems() == []
 
 

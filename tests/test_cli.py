@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 import antnest
-from conftest import JOBS
+from plugins.cli import JOBS, popen_cli
 
 pytestmark = pytest.mark.usefixtures("leftovers")
 
@@ -192,13 +191,11 @@ def test_bad_job_is_reported_before_the_inventory_is_used(run_cli, tmp_path: Pat
     assert_one_clear_error(result.stderr, str(job))
 
 
-def test_output_reader_leaving_early_stops_quietly(tmp_path: Path) -> None:
+def test_output_reader_leaving_early_stops_quietly(tmp_path: Path, fresh_home: Path) -> None:
     """`antnest run job | head -1`: no traceback, exit 141 like a command killed by SIGPIPE."""
     job = tmp_path / "many.py"
     job.write_text("input_data = list(range(200000))\ndef processor(x):\n    return x\n")
-    proc = subprocess.Popen([sys.executable, "-m", "antnest", "run", str(job)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+    proc = popen_cli(fresh_home, "run", job, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.readline()
     proc.stdout.close()  # the reader goes away, as `head -1` does

@@ -18,9 +18,10 @@ from typing import Dict, List
 import pytest
 
 import antnest
-from conftest import JOBS, TEST_JOBS, Target
+from plugins.cli import HELLO_WORLD, JOBS, TEST_JOBS
+from plugins.processes import wait_until
+from plugins.targets import Target
 
-HELLO_WORLD = "olleh\ndlrow\n"
 MANY = 20000
 
 
@@ -308,15 +309,6 @@ def started(directory: Path) -> List[int]:
     return sorted(int(p.name.split("-")[1]) for p in directory.glob("started-*"))
 
 
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 def test_api_shutdown_cancel_futures_cancels_what_has_not_started(target: Target, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     gate.mkdir()
@@ -327,7 +319,7 @@ def test_api_shutdown_cancel_futures_cancels_what_has_not_started(target: Target
         assert slots >= 1
         count = slots * 20 + 20  # more than the runners can have prefetched
         futures = [cluster.submit(gated, (str(gate), i)) for i in range(count)]
-        assert wait_until(lambda: len(started(gate)) >= slots), started(gate)
+        assert wait_until(lambda: len(started(gate)) >= slots, 30), started(gate)
 
         def stop() -> None:
             cluster.shutdown(wait=True, cancel_futures=True)
@@ -358,7 +350,7 @@ def test_api_shutdown_without_wait_lets_running_tasks_finish(target: Target, tmp
     cluster = antnest.Cluster(**target.cluster_kwargs, procs=1)
     try:
         futures = [cluster.submit(gated, (str(gate), i)) for i in range(8)]
-        assert wait_until(lambda: len(started(gate)) >= 1)
+        assert wait_until(lambda: len(started(gate)) >= 1, 30)
         cluster.shutdown(wait=False, cancel_futures=True)
         assert any(f.cancelled() for f in futures)
         (gate / "release").touch()

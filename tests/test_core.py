@@ -21,6 +21,7 @@ from antnest.errors import TaskError, TaskLost, TaskTimeout
 from antnest.host import Host, State
 from antnest.transport import memory
 from antnest.transport.memory import DIE, DROP_LINK, HANG, HOLD, RAISE, RUN, TIMEOUT, Script
+from plugins import processes
 
 BOUND = 60  # seconds any one wait in these tests may take at most (they take milliseconds)
 
@@ -102,20 +103,7 @@ def once_per(condition: Callable[[str, Any, Any], bool]) -> Callable[[str, Any, 
 
 def bounded(fn: Callable[[], Any], what: str = "the call") -> Any:
     """Run fn on a thread; fail (not hang) when it takes longer than BOUND."""
-    box: Dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed back to the test thread
-            box["error"] = exc
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(BOUND)
-    assert not thread.is_alive(), f"{what} did not finish within {BOUND} s"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    return processes.bounded(fn, BOUND, what)
 
 
 # -- exactly once ---------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,9 +26,9 @@ from typing import Any, Callable, Counter, Dict, List, Optional, Set
 import pytest
 
 import antnest
+from plugins.cli import REPO, antnest_command, communicate_within
 
-REPO = Path(__file__).resolve().parent.parent
-JOBS = Path(__file__).resolve().parent / "jobs_cron"
+JOBS = REPO / "tests" / "jobs_cron"
 COUNTED = str(JOBS / "counted.py")
 SQUARES = "".join(f"{i * i}\n" for i in range(10))  # counted.py on its own input_data
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d")
@@ -41,7 +40,7 @@ def cron_argv(home: Path, args: List[str], env: Optional[Dict[str, str]] = None)
     """`env -i` with the minimal cron environment; PYTHONPATH only so a source checkout works."""
     extra = [f"{key}={value}" for key, value in (env or {}).items()]
     return ["/usr/bin/env", "-i", "PATH=/usr/bin:/bin", f"HOME={home}", f"PYTHONPATH={REPO}",
-            *extra, sys.executable, "-m", "antnest", "run", *args]
+            *extra, *antnest_command("run", *args)]
 
 
 def _default_sigint() -> None:
@@ -61,24 +60,12 @@ def start(tmp_path: Path, *args: str, env: Optional[Dict[str, str]] = None,
 
 def run(tmp_path: Path, *args: str, env: Optional[Dict[str, str]] = None,
         timeout: float = 60, raw: bool = False) -> subprocess.CompletedProcess:
-    proc = start(tmp_path, *args, env=env, raw=raw)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"antnest run {' '.join(args)} hung\nstdout: {out}\nstderr: {err}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return communicate_within(start(tmp_path, *args, env=env, raw=raw), timeout,
+                              f"antnest run {' '.join(args)}")
 
 
 def finish(proc: subprocess.Popen, timeout: float = 30) -> subprocess.CompletedProcess:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"the run did not end\nstdout: {out}\nstderr: {err}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return communicate_within(proc, timeout, "the run")
 
 
 def wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen,

@@ -13,8 +13,11 @@ import pytest
 
 import antnest
 from antnest.errors import JobFailed
+from antnest.testing import pid_alive
+from plugins.cli import JOBS, REPO
+from plugins.processes import kill, wait_gone
+from plugins.tools import require
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def write(path: Path, text: str) -> Path:
@@ -172,7 +175,7 @@ def test_leftover_check_ignores_other_programs_files_in_tmp(fleet, fleet_invento
     os.close(handle)
     try:
         result = run_cli("run", "-i", fleet_inventory, "--known-hosts", fleet.known_hosts,
-                         "--procs", "1", Path(__file__).parent.parent / "jobs" / "reverse.py")
+                         "--procs", "1", JOBS / "reverse.py")
         assert result.returncode == 0, result.stderr
         assert fleet_leftovers.new_files() == []
     finally:
@@ -275,26 +278,6 @@ SPAWNING = """
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_gone(pids, seconds: float = 10.0) -> list:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        left = [pid for pid in pids if _alive(pid)]
-        if not left:
-            return []
-        time.sleep(0.05)
-    return [pid for pid in pids if _alive(pid)]
-
-
 def _pids_of(pattern: str) -> list:
     import subprocess
 
@@ -307,10 +290,8 @@ def _need_tools() -> None:
 
     if not sys.platform.startswith("linux"):
         pytest.skip("reads /proc")
-    if shutil.which("setsid") is None or shutil.which("pgrep") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("setsid and pgrep (util-linux, procps) are needed")
-        pytest.skip("setsid or pgrep missing")
+    require(shutil.which("setsid") and shutil.which("pgrep"),
+            "setsid and pgrep (util-linux, procps) are needed")
 
 
 def _spawning_job(tmp_path: Path) -> "tuple[Path, str]":
@@ -329,21 +310,10 @@ def test_children_and_daemons_of_a_processor_end_with_the_run(target, tmp_path: 
         loaded = antnest.load(str(job))
         loaded.input_data = ["child", "daemon"]
         pids = cluster.run(loaded)
-        assert len(pids) == 2 and all(_alive(pid) for pid in pids), pids
-    left = _wait_gone(pids)
-    _kill(left)
+        assert len(pids) == 2 and all(pid_alive(pid) for pid in pids), pids
+    left = wait_gone(pids, 10)
+    kill(left)  # a failed test must not leave its own sleeps behind either
     assert left == []
-
-
-def _kill(pids) -> None:
-    """A failed test must not leave its own sleeps behind either."""
-    import signal
-
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def test_a_timed_out_taskunits_children_are_stopped(target, tmp_path: Path) -> None:
@@ -354,8 +324,8 @@ def test_a_timed_out_taskunits_children_are_stopped(target, tmp_path: Path) -> N
     with antnest.Cluster(**target.cluster_kwargs, procs=1, task_timeout=1) as cluster:
         with pytest.raises(antnest.errors.TaskTimeout):
             cluster.run(loaded)
-        left = _wait_gone(_pids_of(f"^sleep {seconds}2$"))
-        _kill(left)
+        left = wait_gone(_pids_of(f"^sleep {seconds}2$"), 10)
+        kill(left)
         assert left == []
 
 
@@ -392,7 +362,7 @@ def test_limit_partly_unmatched_warns_and_goes_on(tmp_path: Path, run_cli) -> No
 # --- README's set-up works on a PEP 668 system Python -------------------------------------------
 
 def test_readme_set_up_installs_into_a_venv() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     section = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
     block = section.split("```", 2)[1]
     commands = [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
@@ -429,7 +399,7 @@ def test_run_takes_values_paths_and_files(tmp_path: Path) -> None:
 
 
 def test_readme_documents_load_and_input_data() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     assert "`antnest.load(path)`" in readme
     assert "input_data=" in readme.split("## Python API", 1)[1]
 

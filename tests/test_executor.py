@@ -41,7 +41,8 @@ import pytest
 
 import antnest
 from antnest import errors
-from conftest import REPO
+from plugins.cli import REPO
+from plugins.targets import Target
 
 BOUND = 60.0  # seconds any single wait may take before the test fails
 pytestmark = pytest.mark.timeout(300)
@@ -166,10 +167,10 @@ def failing() -> None:
 def where(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Cluster keyword arguments: two local runners, or two runners on each fleet host."""
     if request.param == "local":
-        return {"procs": 2}
+        return Target("local", procs=2).cluster_kwargs
     fleet = request.getfixturevalue("fleet")
     inventory = fleet.write_inventory(tmp_path_factory.mktemp("executor") / "hosts.yaml")
-    return {"inventory": inventory, "known_hosts": [fleet.known_hosts], "procs": 2}
+    return Target("ssh", fleet, inventory, procs=2).cluster_kwargs
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 import antnest
 from antnest.errors import JobFileError, UsageError
-from conftest import JOBS, TEST_JOBS
+from plugins.cli import JOBS, TEST_JOBS
 
 
 def write(path: Path, text: str) -> Path:

@@ -7,13 +7,15 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import pytest
 
 import antnest
 from antnest.errors import HostError, NoHostsError
 from antnest.testing import SshdFleet
+from plugins.fleet import fleet_args
+from plugins.tools import ssh_binary
 
 JOBS = Path(__file__).parent / "jobs_everyday"
 
@@ -24,10 +26,6 @@ def _home() -> str:
 
 def _fail_here() -> None:
     raise KeyError("nothing here")
-
-
-def fleet_args(fleet: SshdFleet, inventory: Path) -> List[str]:
-    return ["-i", str(inventory), "--known-hosts", str(fleet.known_hosts)]
 
 
 def write_job(tmp_path: Path, text: str, name: str = "job.py") -> Path:
@@ -74,12 +72,8 @@ def test_on_each_host_locally_passes_arguments() -> None:
 
 def _client(name: str) -> str:
     """An SSH client to test with; the openssh one needs the ssh binary (CI installs it)."""
-    import shutil
-
-    if name == "openssh" and shutil.which("ssh") is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("no ssh binary on CI; .ci/run should have installed openssh-client")
-        pytest.skip("no ssh binary; apt-get install openssh-client")
+    if name == "openssh":
+        ssh_binary()
     return name
 
 

@@ -14,7 +14,6 @@ import os
 import re
 import socket
 import struct
-import subprocess
 import sys
 import textwrap
 import time
@@ -25,10 +24,11 @@ import pytest
 import yaml
 
 import antnest
-from antnest.testing import SshdFleet, processes_matching
-from conftest import CLI_TIMEOUT, JOBS, REPO, RUNNER_MARK, Agent, Blackhole
+from antnest.testing import SshdFleet
+from plugins.cli import HELLO_WORLD, JOBS, RunCli
+from plugins.fleet import Agent, Blackhole, free_port
+from plugins.processes import remote_runners
 
-HELLO_WORLD = "olleh\ndlrow\n"
 GATE_SECONDS = 20.0
 LINES = [f"line{i:02d}" for i in range(24)]
 
@@ -36,17 +36,6 @@ pytestmark = pytest.mark.usefixtures("fleet_leftovers")
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def cli(home: Path, *args: "str | os.PathLike[str]", env: Optional[Dict[str, str]] = None,
-        timeout: float = CLI_TIMEOUT) -> "subprocess.CompletedProcess[str]":
-    """`python -m antnest ARGS` with HOME=home and no ssh-agent unless `env` brings one."""
-    environment = dict(env if env is not None else os.environ, HOME=str(home))
-    if env is None:
-        environment.pop("SSH_AUTH_SOCK", None)
-    return subprocess.run([sys.executable, "-m", "antnest", *map(os.fspath, args)],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          cwd=str(REPO), env=environment, timeout=timeout)
 
 
 def gate_job(path: Path, expected: int, lines: Sequence[str] = LINES) -> Path:
@@ -87,8 +76,8 @@ def gate_output(fleet: SshdFleet, names: Sequence[str], lines: Sequence[str] = L
     return "".join(f"{line[::-1]}\n" for line in lines) + "".join(f"HOME {h}\n" for h in homes)
 
 
-def listed(home: Path, inventory: Path, *args: str) -> List[dict]:
-    result = cli(home, "inventory", "-i", inventory, "--json", *args)
+def listed(run_cli: RunCli, inventory: Path, *args: str) -> List[dict]:
+    result = run_cli("inventory", "-i", inventory, "--json", *args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -96,20 +85,6 @@ def listed(home: Path, inventory: Path, *args: str) -> List[dict]:
 def without_source(rows: List[dict]) -> List[dict]:
     return sorted(({k: v for k, v in row.items() if k != "source"} for row in rows),
                   key=lambda row: row["name"])
-
-
-def remote_runners(fleet: SshdFleet, name: str) -> List[int]:
-    """Runner processes (python, antnest-runner in the command line) under a fleet daemon."""
-    sessions = set(fleet.session_pids(name))
-    found = []
-    for pid in processes_matching(RUNNER_MARK):
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text()
-        except OSError:
-            continue
-        if pid in sessions and comm.startswith("python"):
-            found.append(pid)
-    return found
 
 
 # Inventories of the session fleet in the three syntaxes, with the same groups:
@@ -189,16 +164,16 @@ INVENTORIES = {"native": native_inventory, "ansible-yaml": ansible_yaml_inventor
 
 
 def test_native_ansible_yaml_and_ini_inventories_are_the_same_fleet(
-        fleet: SshdFleet, tmp_path: Path, fresh_home: Path) -> None:
+        fleet: SshdFleet, tmp_path: Path, run_cli: RunCli) -> None:
     described: Dict[str, List[dict]] = {}
     outputs: Dict[str, str] = {}
     for kind, write in INVENTORIES.items():
         inventory = write(fleet, tmp_path / inventory_name(kind))
-        rows = listed(fresh_home, inventory)
+        rows = listed(run_cli, inventory)
         assert {row["source"] for row in rows} == {str(inventory)}
         described[kind] = without_source(rows)
         job = gate_job(tmp_path / f"job-{kind}.py", expected=3)
-        result = cli(fresh_home, "run", "-i", inventory, "--known-hosts", fleet.known_hosts, job)
+        result = run_cli("run", "-i", inventory, "--known-hosts", fleet.known_hosts, job)
         assert result.returncode == 0, f"{kind}: {result.stderr}"
         outputs[kind] = result.stdout
 
@@ -230,23 +205,23 @@ LIMITS = [
 
 @pytest.mark.parametrize("pattern,names", LIMITS, ids=[p for p, _ in LIMITS])
 def test_limit_selects_the_hosts_that_run_the_work(
-        fleet: SshdFleet, tmp_path: Path, fresh_home: Path, pattern: str,
+        fleet: SshdFleet, tmp_path: Path, run_cli: RunCli, pattern: str,
         names: List[str]) -> None:
     inventory = ansible_ini_inventory(fleet, tmp_path / "hosts.ini")
-    assert sorted(row["name"] for row in listed(fresh_home, inventory, "-l", pattern)) == names
+    assert sorted(row["name"] for row in listed(run_cli, inventory, "-l", pattern)) == names
 
     job = gate_job(tmp_path / "job.py", expected=len(names))
     report = tmp_path / "report.json"
-    result = cli(fresh_home, "run", "-i", inventory, "-l", pattern, "--known-hosts",
+    result = run_cli("run", "-i", inventory, "-l", pattern, "--known-hosts",
                  fleet.known_hosts, "--report", report, job)
     assert (result.returncode, result.stdout) == (0, gate_output(fleet, names)), result.stderr
     assert sorted(h["name"] for h in json.loads(report.read_text())["hosts"]) == names
 
 
 def test_limit_matching_nothing_is_exit_2_naming_the_pattern(
-        fleet: SshdFleet, tmp_path: Path, fresh_home: Path) -> None:
+        fleet: SshdFleet, tmp_path: Path, run_cli: RunCli) -> None:
     inventory = ansible_ini_inventory(fleet, tmp_path / "hosts.ini")
-    result = cli(fresh_home, "run", "-i", inventory, "-l", "odd:&even", "--known-hosts",
+    result = run_cli("run", "-i", inventory, "-l", "odd:&even", "--known-hosts",
                  fleet.known_hosts, JOBS / "reverse.py")
     assert (result.returncode, result.stdout) == (2, ""), result.stderr
     assert "odd:&even" in result.stderr
@@ -263,9 +238,9 @@ EXPECTED_PROCS = {"fleet1": 2,   # odd (nearer) beats workers and all
 
 @pytest.mark.parametrize("kind", ["ansible-yaml", "ansible-ini"])
 def test_group_vars_inheritance_sets_the_runners_per_host(
-        fleet: SshdFleet, tmp_path: Path, fresh_home: Path, kind: str) -> None:
+        fleet: SshdFleet, tmp_path: Path, run_cli: RunCli, kind: str) -> None:
     inventory = INVENTORIES[kind](fleet, tmp_path / inventory_name(kind), procs=PROCS_VARS)
-    rows = listed(fresh_home, inventory)
+    rows = listed(run_cli, inventory)
     assert {row["name"]: row["procs"] for row in rows} == EXPECTED_PROCS
 
     with antnest.Cluster(inventory, known_hosts=[fleet.known_hosts]) as cluster:
@@ -281,9 +256,9 @@ def test_group_vars_inheritance_sets_the_runners_per_host(
 
 
 def test_hosts_known_only_to_ssh_config(fleet: SshdFleet, tmp_path: Path,
-                                        fresh_home: Path) -> None:
+                                        run_cli: RunCli) -> None:
     fleet1 = fleet.host("fleet1")
-    result = cli(fresh_home, "inventory", "-H", "fleet1", "--ssh-config", fleet.ssh_config,
+    result = run_cli("inventory", "-H", "fleet1", "--ssh-config", fleet.ssh_config,
                  "--json")
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)
@@ -291,7 +266,7 @@ def test_hosts_known_only_to_ssh_config(fleet: SshdFleet, tmp_path: Path,
         "fleet1", fleet1.address, fleet1.port, fleet.user, [str(fleet.client_key)])
 
     job = gate_job(tmp_path / "job.py", expected=1)
-    result = cli(fresh_home, "run", "-H", "fleet1", "--ssh-config", fleet.ssh_config,
+    result = run_cli("run", "-H", "fleet1", "--ssh-config", fleet.ssh_config,
                  "--known-hosts", fleet.known_hosts, job)
     assert (result.returncode, result.stdout) == (0, gate_output(fleet, ["fleet1"])), \
         result.stderr
@@ -300,7 +275,7 @@ def test_hosts_known_only_to_ssh_config(fleet: SshdFleet, tmp_path: Path,
     bare = tmp_path / "bare.yaml"
     bare.write_text(yaml.safe_dump({"hosts": ["fleet2", "fleet3"]}))
     job = gate_job(tmp_path / "job2.py", expected=2)
-    result = cli(fresh_home, "run", "-i", bare, "-F", fleet.ssh_config, "--procs", "1",
+    result = run_cli("run", "-i", bare, "-F", fleet.ssh_config, "--procs", "1",
                  "--known-hosts", fleet.known_hosts, job)
     assert (result.returncode, result.stdout) == (0, gate_output(fleet, ["fleet2", "fleet3"])), \
         result.stderr
@@ -361,15 +336,15 @@ def two_hop_ssh_config(fleet: SshdFleet, path: Path) -> Path:
     return path
 
 
-def test_two_hop_proxy_jump_cli(fleet: SshdFleet, tmp_path: Path, fresh_home: Path) -> None:
+def test_two_hop_proxy_jump_cli(fleet: SshdFleet, tmp_path: Path, run_cli: RunCli) -> None:
     config = two_hop_ssh_config(fleet, tmp_path / "ssh_config")
-    result = cli(fresh_home, "inventory", "-H", "fleet3", "-F", config, "--json")
+    result = run_cli("inventory", "-H", "fleet3", "-F", config, "--json")
     assert result.returncode == 0, result.stderr
     hops = [fleet.host("fleet1"), fleet.host("fleet2")]
     assert json.loads(result.stdout)[0]["jump"] == [
         f"{fleet.user}@{h.address}:{h.port}" for h in hops]
 
-    result = cli(fresh_home, "run", "-H", "fleet3", "-F", config, "--known-hosts",
+    result = run_cli("run", "-H", "fleet3", "-F", config, "--known-hosts",
                  fleet.known_hosts, JOBS / "reverse.py")
     assert (result.returncode, result.stdout) == (0, HELLO_WORLD), result.stderr
 
@@ -410,7 +385,7 @@ def test_two_hop_proxy_jump_reaches_the_target_from_the_second_hop(
 
 
 def test_key_held_by_ssh_agent(fleet: SshdFleet, tmp_path: Path, fresh_home: Path,
-                               ssh_agent: Agent) -> None:
+                               ssh_agent: Agent, run_cli: RunCli) -> None:
     ssh_agent.add(fleet.client_key)
     assert "antnest-fleet-client" in ssh_agent.listed()
     inventory = tmp_path / "hosts.yaml"
@@ -419,27 +394,21 @@ def test_key_held_by_ssh_agent(fleet: SshdFleet, tmp_path: Path, fresh_home: Pat
         "hosts": [{"name": h.name, "address": h.address, "port": h.port} for h in fleet.hosts],
     }))
     assert not any(fresh_home.iterdir()), "HOME must be empty: no ~/.ssh key to fall back on"
-    assert all(row["identity_files"] == [] for row in listed(fresh_home, inventory))
+    assert all(row["identity_files"] == [] for row in listed(run_cli, inventory))
 
     job = gate_job(tmp_path / "job.py", expected=3)
-    result = cli(fresh_home, "run", "-i", inventory, "--known-hosts", fleet.known_hosts, job,
+    result = run_cli("run", "-i", inventory, "--known-hosts", fleet.known_hosts, job,
                  env=ssh_agent.env())
     assert (result.returncode, result.stdout) == (0, gate_output(fleet, ["fleet1", "fleet2",
                                                                          "fleet3"])), result.stderr
 
     # The same run without the agent: no key at all, so the agent is what made it work.
-    result = cli(fresh_home, "run", "-i", inventory, "--known-hosts", fleet.known_hosts,
+    result = run_cli("run", "-i", inventory, "--known-hosts", fleet.known_hosts,
                  JOBS / "reverse.py")
     assert (result.returncode, result.stdout) == (3, ""), result.stderr
 
 
 # --- antnest check -----------------------------------------------------------------------------
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
 
 
 def broken_fleet(fleet: SshdFleet, tmp_path: Path) -> Tuple[Path, Path]:
@@ -482,9 +451,9 @@ EXPECTED_STATUS = {"fleet1": {"ok"}, "down": {"refused", "unreachable"},   # inv
 
 
 def test_check_reports_each_broken_host(fleet: SshdFleet, tmp_path: Path,
-                                        fresh_home: Path) -> None:
+                                        run_cli: RunCli) -> None:
     inventory, known = broken_fleet(fleet, tmp_path)
-    result = cli(fresh_home, "check", "-i", inventory, "--known-hosts", known,
+    result = run_cli("check", "-i", inventory, "--known-hosts", known,
                  "--connect-timeout", "5")
     assert result.returncode == 3, result.stdout + result.stderr
     rows = table_rows(result.stdout)
@@ -506,12 +475,12 @@ def test_check_reports_each_broken_host(fleet: SshdFleet, tmp_path: Path,
 
 
 def test_check_json_and_an_unknown_host_key(fleet: SshdFleet, tmp_path: Path,
-                                            fresh_home: Path) -> None:
+                                            run_cli: RunCli) -> None:
     inventory, known = broken_fleet(fleet, tmp_path)
     fleet2 = fleet.host("fleet2")
     known.write_text("".join(line + "\n" for line in known.read_text().splitlines()
                              if not line.startswith(f"[{fleet2.address}]:{fleet2.port} ")))
-    result = cli(fresh_home, "check", "-i", inventory, "--known-hosts", known, "--json",
+    result = run_cli("check", "-i", inventory, "--known-hosts", known, "--json",
                  "--connect-timeout", "5")
     assert result.returncode == 3, result.stdout + result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
@@ -523,7 +492,7 @@ def test_check_json_and_an_unknown_host_key(fleet: SshdFleet, tmp_path: Path,
     assert fleet2.fingerprint in rows["fleet2"]["error"]
     assert str(known) in rows["fleet2"]["error"]
 
-    only_good = cli(fresh_home, "check", "-i", inventory, "-l", "fleet1", "--known-hosts", known,
+    only_good = run_cli("check", "-i", inventory, "-l", "fleet1", "--known-hosts", known,
                     "--json")
     assert only_good.returncode == 0, only_good.stdout + only_good.stderr
     assert [row["status"] for row in json.loads(only_good.stdout)] == ["ok"]
@@ -534,7 +503,7 @@ FEW_SECONDS = 4.0   # interpreter start, one boot and round trip on the good hos
 
 
 def test_check_does_not_wait_long_for_a_host_that_never_answers(
-        fleet: SshdFleet, tmp_path: Path, fresh_home: Path, blackhole: Blackhole) -> None:
+        fleet: SshdFleet, tmp_path: Path, run_cli: RunCli, blackhole: Blackhole) -> None:
     fleet1 = fleet.host("fleet1")
     inventory = tmp_path / "hosts.yaml"
     inventory.write_text(yaml.safe_dump({
@@ -543,7 +512,7 @@ def test_check_does_not_wait_long_for_a_host_that_never_answers(
                   {"name": "silent", "address": blackhole.address, "port": blackhole.port}],
     }, sort_keys=False))
     started = time.monotonic()
-    result = cli(fresh_home, "check", "-i", inventory, "--known-hosts", fleet.known_hosts,
+    result = run_cli("check", "-i", inventory, "--known-hosts", fleet.known_hosts,
                  "--json", "--connect-timeout", str(CONNECT_TIMEOUT), timeout=60)
     elapsed = time.monotonic() - started
     assert result.returncode == 3, result.stdout + result.stderr
@@ -558,14 +527,14 @@ def test_check_does_not_wait_long_for_a_host_that_never_answers(
 
 
 def test_32_hosts_run_a_job_with_every_host_working(big_fleet: SshdFleet, tmp_path: Path,
-                                                   fresh_home: Path) -> None:
+                                                   run_cli: RunCli) -> None:
     names = [h.name for h in big_fleet.hosts]
     assert len(names) == 32
     inventory = big_fleet.write_inventory(tmp_path / "hosts.yaml", procs=1)
     lines = [f"item{i:03d}" for i in range(96)]
     job = gate_job(tmp_path / "job.py", expected=32, lines=lines)
     report = tmp_path / "report.json"
-    result = cli(fresh_home, "run", "-i", inventory, "--known-hosts", big_fleet.known_hosts,
+    result = run_cli("run", "-i", inventory, "--known-hosts", big_fleet.known_hosts,
                  "--report", report, job, timeout=120)
     assert (result.returncode, result.stdout) == (0, gate_output(big_fleet, names, lines)), \
         result.stderr[-3000:]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -15,8 +14,7 @@ import pytest
 from antnest.errors import ConnectError
 from antnest.host import Host
 from antnest.limits import fd_limit_advice, raise_open_files_limit
-
-REPO = Path(__file__).resolve().parent.parent
+from plugins.cli import REPO
 
 
 def test_open_files_limit_is_raised_to_the_hard_limit_in_a_fresh_process() -> None:
@@ -57,35 +55,6 @@ def test_running_out_of_descriptors_is_a_host_error_saying_what_to_raise(mocker)
     assert "web7" in message and "file descriptors" in message
     assert "ulimit -Hn" in message
     assert "ulimit -Hn" in fd_limit_advice()
-
-
-@pytest.fixture
-def garbage_banner_server() -> "tuple[str, int]":
-    """A TCP server answering every connection with a line that is no SSH banner."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.5)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn:
-                try:
-                    conn.sendall(b"this is not ssh\r\n" * 4)
-                except OSError:
-                    pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()
-    stop.set()
-    thread.join(timeout=5)
-    server.close()
 
 
 def test_api_user_without_logging_gets_no_tracebacks_on_stderr(garbage_banner_server,

@@ -10,8 +10,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,9 +20,9 @@ import yaml
 
 import antnest
 from antnest.testing import FleetHost, SshdFleet
-from conftest import JOBS, Leftovers
-
-HELLO_WORLD = "olleh\ndlrow\n"
+from plugins.cli import HELLO_WORLD, JOBS
+from plugins.fleet import free_port
+from plugins.processes import Leftovers
 
 pytestmark = pytest.mark.usefixtures("fleet_leftovers")
 
@@ -50,12 +48,6 @@ def inventory(path: Path, hosts: List[dict], **defaults) -> Path:
 
 def entry(host: FleetHost, **extra) -> dict:
     return {"name": host.name, "address": host.address, "port": host.port, **extra}
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
 
 
 # --- host keys -------------------------------------------------------------------------------
@@ -141,10 +133,9 @@ def test_no_usable_key_is_an_auth_error_naming_the_keys(fleet: SshdFleet, run_cl
 
 
 def test_unauthorised_key_is_an_auth_error_naming_the_key(fleet: SshdFleet, run_cli,
-                                                         tmp_path: Path) -> None:
-    key = tmp_path / "stranger"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-                   check=True, stdin=subprocess.DEVNULL, capture_output=True)
+                                                         tmp_path: Path,
+                                                         stranger_key: Path) -> None:
+    key = stranger_key
     hosts = inventory(tmp_path / "hosts.yaml", [entry(fleet.host("fleet1"))], user=fleet.user,
                       identity_file=str(key))
     result = run_cli("run", "-i", hosts, "--known-hosts", fleet.known_hosts, JOBS / "reverse.py")

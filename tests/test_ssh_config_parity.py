@@ -15,6 +15,7 @@ from antnest.host import Host
 from antnest.inventory.ssh_config import _SshConfig
 from antnest.inventory.ssh_options import Reader, ssh_g, ssh_home, ssh_user
 from antnest.inventory.values import _Entry
+from plugins.tools import ssh_binary
 
 CORPUS = Path(__file__).parent / "data" / "ssh_config"
 
@@ -40,12 +41,7 @@ FIELDS = ("address", "port", "user", "identity_files", "jump", "proxy_command",
 
 @pytest.fixture(scope="module")
 def ssh() -> str:
-    found = shutil.which("ssh")
-    if found is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("no ssh binary on CI; .ci/run should install openssh-client")
-        pytest.skip("no ssh binary (apt-get install openssh-client)")
-    return found
+    return ssh_binary()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ its page rendered in headless Chromium, looked at through the DOM."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -16,19 +15,17 @@ import pytest
 from antnest import trace
 from antnest.summary import format_summary
 from antnest.timeline import browser_command, render_html
+from plugins.cli import REPO
+from plugins.tools import require
 
-REPO = Path(__file__).resolve().parents[1]
 IDS_JOB = REPO / "tests" / "jobs_faults" / "ids.py"
 
 
 def chromium() -> str:
+    found = None
     for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name) or shutil.which(name, path="/usr/bin")
-        if found:
-            return found
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail("chromium not installed on CI; .ci/run should have installed it")
-    pytest.skip("chromium not installed; apt-get install chromium")
+        found = found or shutil.which(name) or shutil.which(name, path="/usr/bin")
+    return require(found, "chromium not installed; apt-get install chromium")
 
 
 def test_fleet_run_page_in_headless_chromium(fleet: Any, fleet_inventory: Path, tmp_path: Path,
