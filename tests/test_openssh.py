@@ -8,8 +8,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List
@@ -18,44 +16,19 @@ import pytest
 
 import antnest
 from antnest.testing import SshdFleet
+from plugins.cli import BackgroundCli, RunCli
+from plugins.fleet import known_hosts_line, ssh_config_copy, with_known_hosts
+from plugins.processes import ssh_processes, wait_until
 
-REPO = Path(__file__).parent.parent
-JOBS = REPO / "jobs"
-HELLO_WORLD = "olleh\ndlrow\n"
 CLIENTS = ["paramiko", "openssh"]
 
-
-@pytest.fixture(autouse=True)
-def need_ssh() -> None:
-    if shutil.which("ssh") is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("no ssh binary on CI; .ci/run should install openssh-client")
-        pytest.skip("no ssh binary")
+pytestmark = pytest.mark.usefixtures("need_ssh_binary")
 
 
-def config_copy(fleet: SshdFleet, path: Path, **replace: str) -> Path:
-    lines = []
-    for line in fleet.ssh_config.read_text().splitlines():
-        key = line.strip().split(" ", 1)[0]
-        if key in replace:
-            line = f"    {key} {replace[key]}"
-        lines.append(line)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def check(run_cli, client: str, *args: "str | os.PathLike[str]") -> Dict[str, dict]:
+def check(run_cli: RunCli, client: str, *args: "str | os.PathLike[str]") -> Dict[str, dict]:
     result = run_cli("check", "--json", "--ssh-client", client, "--connect-timeout", "3", *args)
     assert "Traceback" not in result.stderr, result.stderr
     return {row["name"]: row for row in json.loads(result.stdout)}
-
-
-def key_line(fleet: SshdFleet, name: str) -> str:
-    host = fleet.host(name)
-    for line in fleet.known_hosts.read_text().splitlines():
-        if line.startswith(f"[{host.address}]:{host.port} "):
-            return line
-    raise AssertionError(name)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -79,11 +52,9 @@ def test_silent_host_times_out(run_cli, blackhole, client: str) -> None:
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_auth_failed(fleet: SshdFleet, run_cli, tmp_path: Path, client: str) -> None:
-    stranger = tmp_path / "stranger"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
-                   check=True, timeout=30, stdin=subprocess.DEVNULL)
-    config = config_copy(fleet, tmp_path / "config", IdentityFile=str(stranger))
+def test_auth_failed(fleet: SshdFleet, run_cli, tmp_path: Path, stranger_key: Path,
+                     client: str) -> None:
+    config = ssh_config_copy(fleet, tmp_path / "config", IdentityFile=str(stranger_key))
     rows = check(run_cli, client, "-H", "fleet1", "-F", config)
     assert rows["fleet1"]["status"] == "auth failed", rows
     assert "authentication failed" in rows["fleet1"]["error"]
@@ -92,9 +63,7 @@ def test_auth_failed(fleet: SshdFleet, run_cli, tmp_path: Path, client: str) -> 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_host_key_unknown_names_the_fingerprint_and_file(fleet: SshdFleet, run_cli,
                                                          tmp_path: Path, client: str) -> None:
-    empty = tmp_path / "known"
-    empty.write_text("")
-    config = config_copy(fleet, tmp_path / "config", UserKnownHostsFile=str(empty))
+    config, empty = with_known_hosts(fleet, tmp_path)
     row = check(run_cli, client, "-H", "fleet1", "-F", config)["fleet1"]
     assert row["status"] == "host key unknown", row
     assert fleet.host("fleet1").fingerprint in row["error"]
@@ -105,10 +74,8 @@ def test_host_key_unknown_names_the_fingerprint_and_file(fleet: SshdFleet, run_c
 def test_host_key_changed_shows_both_fingerprints(fleet: SshdFleet, run_cli, tmp_path: Path,
                                                   client: str) -> None:
     host = fleet.host("fleet1")
-    other = key_line(fleet, "fleet2").split(" ", 1)[1]
-    known = tmp_path / "known"
-    known.write_text(f"[{host.address}]:{host.port} {other}\n")
-    config = config_copy(fleet, tmp_path / "config", UserKnownHostsFile=str(known))
+    other = known_hosts_line(fleet, "fleet2").split(" ", 1)[1]
+    config, _ = with_known_hosts(fleet, tmp_path, f"[{host.address}]:{host.port} {other}")
     row = check(run_cli, client, "-H", "fleet1", "-F", config)["fleet1"]
     assert row["status"] == "host key changed", row
     assert host.fingerprint in row["error"] and fleet.host("fleet2").fingerprint in row["error"]
@@ -116,9 +83,8 @@ def test_host_key_changed_shows_both_fingerprints(fleet: SshdFleet, run_cli, tmp
 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_revoked_host_key(fleet: SshdFleet, run_cli, tmp_path: Path, client: str) -> None:
-    known = tmp_path / "known"
-    known.write_text("@revoked " + key_line(fleet, "fleet1") + "\n" + fleet.known_hosts.read_text())
-    config = config_copy(fleet, tmp_path / "config", UserKnownHostsFile=str(known))
+    config, _ = with_known_hosts(fleet, tmp_path, "@revoked " + known_hosts_line(fleet, "fleet1"),
+                                 keep=True)
     row = check(run_cli, client, "-H", "fleet1", "-F", config)["fleet1"]
     assert row["status"] == "host key revoked", row
 
@@ -135,7 +101,7 @@ def test_no_python(fleet: SshdFleet, run_cli, tmp_path: Path, client: str) -> No
 @pytest.mark.parametrize("client", CLIENTS)
 def test_unchecked_host_keys_refused(fleet: SshdFleet, run_cli, tmp_path: Path,
                                      client: str) -> None:
-    config = config_copy(fleet, tmp_path / "config", StrictHostKeyChecking="no")
+    config = ssh_config_copy(fleet, tmp_path / "config", StrictHostKeyChecking="no")
     row = check(run_cli, client, "-H", "fleet1", "-F", config)["fleet1"]
     assert row["status"] == "host key unchecked", row
 
@@ -143,38 +109,19 @@ def test_unchecked_host_keys_refused(fleet: SshdFleet, run_cli, tmp_path: Path,
 # --------------------------------------------------------------------------- nothing left
 
 
-def our_ssh_processes(marker: str) -> List[int]:
-    """ssh processes whose command line carries this test's marker (its config file path)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmdline and os.path.basename(cmdline[0]) in (b"ssh", b"sh") and \
-                marker.encode() in b" ".join(cmdline):
-            found.append(int(entry))
-    return found
-
-
 def settle(marker: str, timeout: float = 10.0) -> List[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = our_ssh_processes(marker)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
+    """The ssh processes of this test still there after up to `timeout` seconds."""
+    wait_until(lambda: not ssh_processes(marker), timeout)
+    return ssh_processes(marker)
 
 
 def test_api_run_leaves_no_master_socket_or_directory(fleet: SshdFleet, tmp_path: Path) -> None:
-    config = config_copy(fleet, tmp_path / "config-api")
+    config = ssh_config_copy(fleet, tmp_path / "config-api")
     before = set(glob.glob("/tmp/antnest-ssh-*"))
     with antnest.Cluster(hosts="fleet1,fleet2", ssh_config=config, ssh_client="openssh",
                          procs=1) as cluster:
         assert sorted(cluster.map(abs, [-1, -2, -3])) == [1, 2, 3]
-        masters = our_ssh_processes(str(config))
+        masters = ssh_processes(str(config))
         assert masters, "no ssh master while running"
         dirs = set(glob.glob("/tmp/antnest-ssh-*")) - before
         assert dirs and all(os.stat(d).st_mode & 0o777 == 0o700 for d in dirs)
@@ -206,34 +153,27 @@ def short_tmp() -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("how", ["normal", "error", "SIGTERM", "SIGINT", "SIGKILL"])
-def test_nothing_left_after(fleet: SshdFleet, tmp_path: Path, fresh_home: Path,
+def test_nothing_left_after(fleet: SshdFleet, tmp_path: Path, background_cli: BackgroundCli,
                             short_tmp: Path, how: str) -> None:
-    config = config_copy(fleet, tmp_path / f"config-{how}")
+    config = ssh_config_copy(fleet, tmp_path / f"config-{how}")
     job = tmp_path / "job.py"
     job.write_text(SLOW_JOB if how != "error" else SLOW_JOB.replace(
         "    return x", "    raise ValueError(x)"))
     if how == "normal":
         job.write_text(SLOW_JOB.replace("range(100)", "range(4)"))
-    env = dict(os.environ, HOME=str(fresh_home), PYTHONPATH=str(REPO), TMPDIR=str(short_tmp))
-    proc = subprocess.Popen([sys.executable, "-m", "antnest", "run", "--ssh-client", "openssh",
-                             "-H", "fleet1,fleet2", "-F", str(config), str(job)],
-                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = background_cli.start("run", "--ssh-client", "openssh", "-H", "fleet1,fleet2",
+                                "-F", config, job, env={"TMPDIR": short_tmp}, new_session=True)
     if how.startswith("SIG"):
-        deadline = time.monotonic() + 30
-        while len(our_ssh_processes(str(config))) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert our_ssh_processes(str(config)), "the run never started ssh"
+        wait_until(lambda: len(ssh_processes(str(config))) >= 4, 30)
+        assert ssh_processes(str(config)), "the run never started ssh"
         assert glob.glob(f"{short_tmp}/antnest-ssh-*/m*"), "no control socket while running"
         time.sleep(0.5)
         proc.send_signal(getattr(signal, how))
-    out, err = proc.communicate(timeout=60)
+    result = background_cli.finish(proc, 60)
     if how == "normal":
-        assert (proc.returncode, out.decode()) == (0, "4\n"), err.decode()
+        assert (result.rc, result.out) == (0, "4\n"), result.err
     elif how == "error":
-        assert proc.returncode != 0
+        assert result.rc != 0
     assert settle(str(config)) == [], "ssh processes outlived antnest"
-    deadline = time.monotonic() + 10
-    while os.listdir(short_tmp) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not os.listdir(short_tmp), 10)
     assert os.listdir(short_tmp) == [], "control socket directory left behind"

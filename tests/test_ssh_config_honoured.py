@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from antnest.testing import SshdFleet
-
-JOBS = Path(__file__).parent.parent / "jobs"
-HELLO_WORLD = "olleh\ndlrow\n"
+from plugins.cli import HELLO_WORLD, JOBS, RunCli
+from plugins.fleet import Agent, known_hosts_line, ssh_config_copy, with_known_hosts
+from plugins.tools import ssh_binary
 
 RELAY = """\
 import os, socket, sys, threading
@@ -35,19 +35,7 @@ while True:
 """
 
 
-def config_copy(fleet: SshdFleet, path: Path, **replace: str) -> Path:
-    """The fleet's ssh_config with lines replaced: ``UserKnownHostsFile="..."``."""
-    lines = []
-    for line in fleet.ssh_config.read_text().splitlines():
-        key = line.strip().split(" ", 1)[0]
-        if key in replace:
-            line = f"    {key} {replace[key]}" if replace[key] else ""
-        lines.append(line)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def run(run_cli, config: Path, *extra: str, hosts: str = "fleet1"):
+def run(run_cli: RunCli, config: Path, *extra: str, hosts: str = "fleet1"):
     return run_cli("run", "-H", hosts, "-F", config, *extra, JOBS / "reverse.py")
 
 
@@ -60,9 +48,7 @@ def test_user_known_hosts_file_from_ssh_config_is_used(fleet: SshdFleet, run_cli
 
 def test_unknown_key_advice_names_the_user_known_hosts_file(fleet: SshdFleet, run_cli,
                                                             tmp_path: Path) -> None:
-    empty = tmp_path / "fleet_known_hosts"
-    empty.write_text("")
-    config = config_copy(fleet, tmp_path / "config", UserKnownHostsFile=str(empty))
+    config, empty = with_known_hosts(fleet, tmp_path)
     result = run(run_cli, config)
     assert result.returncode == 3, result.stderr
     assert f"add it to {empty}" in result.stderr
@@ -72,10 +58,7 @@ def test_unknown_key_advice_names_the_user_known_hosts_file(fleet: SshdFleet, ru
 
 def test_accept_new_from_ssh_config_records_in_the_user_known_hosts_file(
         fleet: SshdFleet, run_cli, tmp_path: Path) -> None:
-    empty = tmp_path / "fleet_known_hosts"
-    empty.write_text("")
-    config = config_copy(fleet, tmp_path / "config", UserKnownHostsFile=str(empty),
-                         StrictHostKeyChecking="accept-new")
+    config, empty = with_known_hosts(fleet, tmp_path, StrictHostKeyChecking="accept-new")
     result = run(run_cli, config)
     assert (result.returncode, result.stdout) == (0, HELLO_WORLD), result.stderr
     host = fleet.host("fleet1")
@@ -88,12 +71,9 @@ def test_strict_host_key_checking_no_is_refused_unless_opted_in(fleet: SshdFleet
                                                                 client: str) -> None:
     """The same for both clients: refused without the flag; with it an unknown key is
     accepted with a warning and not recorded, and a changed key is still refused."""
-    if client == "openssh" and shutil.which("ssh") is None:
-        pytest.skip("no ssh binary")
-    empty = tmp_path / "fleet_known_hosts"
-    empty.write_text("")
-    config = config_copy(fleet, tmp_path / "config", UserKnownHostsFile=str(empty),
-                         StrictHostKeyChecking="no")
+    if client == "openssh":
+        ssh_binary()
+    config, empty = with_known_hosts(fleet, tmp_path, StrictHostKeyChecking="no")
     refused = run(run_cli, config, "--ssh-client", client)
     assert refused.returncode == 3, refused.stderr
     assert "StrictHostKeyChecking no" in refused.stderr
@@ -104,14 +84,11 @@ def test_strict_host_key_checking_no_is_refused_unless_opted_in(fleet: SshdFleet
     assert empty.read_text() == ""   # nothing recorded
 
     host = fleet.host("fleet1")
-    other = next(h for h in fleet.hosts if h.name != "fleet1")
-    changed = tmp_path / "changed_known_hosts"   # fleet1's name with another host's key
-    changed.write_text("".join(
-        f"[{host.address}]:{host.port} {line.split(' ', 1)[1]}\n"
-        for line in fleet.known_hosts.read_text().splitlines()
-        if line.startswith(f"[{other.address}]:{other.port} ")))
-    config = config_copy(fleet, tmp_path / "config-changed", UserKnownHostsFile=str(changed),
-                         StrictHostKeyChecking="no")
+    other_key = known_hosts_line(fleet, "fleet2").split(" ", 1)[1]
+    (tmp_path / "changed").mkdir()   # fleet1's name with another host's key
+    config, changed = with_known_hosts(fleet, tmp_path / "changed",
+                                       f"[{host.address}]:{host.port} {other_key}",
+                                       StrictHostKeyChecking="no")
     before = changed.read_text()
     refused = run(run_cli, config, "--ssh-client", client, "--allow-unchecked-host-keys")
     assert refused.returncode == 3, refused.stderr
@@ -121,43 +98,31 @@ def test_strict_host_key_checking_no_is_refused_unless_opted_in(fleet: SshdFleet
 
 def test_identity_file_set_means_the_default_keys_are_not_tried(fleet: SshdFleet, run_cli,
                                                                 tmp_path: Path,
-                                                                fresh_home: Path) -> None:
+                                                                fresh_home: Path,
+                                                                stranger_key: Path) -> None:
     """As ssh: with an IdentityFile named, ~/.ssh/id_* are not offered (here the default key
     is the authorised one, the named key is not)."""
     dot_ssh = fresh_home / ".ssh"
     dot_ssh.mkdir(mode=0o700)
     shutil.copy(fleet.client_key, dot_ssh / "id_ed25519")
     (dot_ssh / "id_ed25519").chmod(0o600)
-    stranger = tmp_path / "stranger"
-    import subprocess
-
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
-                   check=True, timeout=30, stdin=subprocess.DEVNULL)
-    config = config_copy(fleet, tmp_path / "config", IdentityFile=str(stranger))
+    config = ssh_config_copy(fleet, tmp_path / "config", IdentityFile=str(stranger_key))
     result = run(run_cli, config)
     assert result.returncode == 3, result.stderr
     assert "authentication failed" in result.stderr
     assert str(dot_ssh / "id_ed25519") not in result.stderr.split("keys offered:")[-1]
 
 
-def test_identities_only_leaves_the_agent_keys_out(fleet: SshdFleet, run_cli, tmp_path: Path,
-                                                   ssh_agent) -> None:
-    import subprocess
-
-    stranger = tmp_path / "stranger"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
-                   check=True, timeout=30, stdin=subprocess.DEVNULL)
+def test_identities_only_leaves_the_agent_keys_out(fleet: SshdFleet, run_cli: RunCli,
+                                                   tmp_path: Path, stranger_key: Path,
+                                                   ssh_agent: Agent) -> None:
     ssh_agent.add(fleet.client_key)   # the authorised key, only in the agent
-    config = config_copy(fleet, tmp_path / "config", IdentityFile=str(stranger))
-    env = ssh_agent.env()
-    argv = [sys.executable, "-m", "antnest", "run", "-H", "fleet1", "-F", str(config),
-            str(JOBS / "reverse.py")]
-    only = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
+    config = ssh_config_copy(fleet, tmp_path / "config", IdentityFile=str(stranger_key))
+    argv = ["run", "-H", "fleet1", "-F", config, JOBS / "reverse.py"]
+    only = run_cli(*argv, env=ssh_agent.env(), timeout=120)
     assert only.returncode == 3, only.stderr   # IdentitiesOnly yes (the fleet's config)
-    config_copy(fleet, config, IdentityFile=str(stranger), IdentitiesOnly="no")
-    agent = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120,
-                           stdin=subprocess.DEVNULL)
+    ssh_config_copy(fleet, config, IdentityFile=str(stranger_key), IdentitiesOnly="no")
+    agent = run_cli(*argv, env=ssh_agent.env(), timeout=120)
     assert (agent.returncode, agent.stdout) == (0, HELLO_WORLD), agent.stderr
 
 
@@ -166,7 +131,7 @@ def test_proxy_command_runs_through_the_shell(fleet: SshdFleet, run_cli, tmp_pat
     relay = tmp_path / "relay.py"
     relay.write_text(RELAY)
     monkeypatch.setenv("ANTNEST_TEST_RELAY", str(relay))
-    config = config_copy(fleet, tmp_path / "config")
+    config = ssh_config_copy(fleet, tmp_path / "config")
     config.write_text(config.read_text().replace(
         "Host fleet1\n",
         f'Host fleet1\n    ProxyCommand {sys.executable} "$ANTNEST_TEST_RELAY" %h %p '
@@ -177,23 +142,10 @@ def test_proxy_command_runs_through_the_shell(fleet: SshdFleet, run_cli, tmp_pat
 
 # --------------------------------------------------------------------------- issue 18, item 16
 
-def known_with(fleet: SshdFleet, path: Path, *extra: str) -> Path:
-    path.write_text("".join(line + "\n" for line in extra) + fleet.known_hosts.read_text())
-    return path
-
-
-def host_key_line(fleet: SshdFleet, name: str) -> str:
-    host = fleet.host(name)
-    for line in fleet.known_hosts.read_text().splitlines():
-        if line.startswith(f"[{host.address}]:{host.port} "):
-            return line
-    raise AssertionError(f"{name} not in the fleet's known_hosts")
-
-
 def test_revoked_host_key_is_refused_with_a_clear_message(fleet: SshdFleet, run_cli,
                                                           tmp_path: Path) -> None:
-    known = known_with(fleet, tmp_path / "known", "@revoked " + host_key_line(fleet, "fleet1"))
-    config = config_copy(fleet, tmp_path / "config", UserKnownHostsFile=str(known))
+    config, _ = with_known_hosts(fleet, tmp_path, "@revoked " + known_hosts_line(fleet, "fleet1"),
+                                 keep=True)
     result = run(run_cli, config)
     assert result.returncode == 3, result.stderr
     assert "@revoked" in result.stderr and fleet.host("fleet1").fingerprint in result.stderr
@@ -204,19 +156,17 @@ def test_revoked_host_key_is_refused_with_a_clear_message(fleet: SshdFleet, run_
 
 def test_revoked_key_of_another_host_does_not_matter(fleet: SshdFleet, run_cli,
                                                      tmp_path: Path) -> None:
-    line = host_key_line(fleet, "fleet1").split(" ", 1)[1]
-    known = known_with(fleet, tmp_path / "known", f"@revoked [elsewhere]:22 {line}")
-    config = config_copy(fleet, tmp_path / "config", UserKnownHostsFile=str(known))
+    line = known_hosts_line(fleet, "fleet1").split(" ", 1)[1]
+    config, _ = with_known_hosts(fleet, tmp_path, f"@revoked [elsewhere]:22 {line}", keep=True)
     result = run(run_cli, config)
     assert (result.returncode, result.stdout) == (0, HELLO_WORLD), result.stderr
 
 
 def test_cert_authority_line_is_skipped_with_one_warning(fleet: SshdFleet, run_cli,
                                                          tmp_path: Path) -> None:
-    ca = host_key_line(fleet, "fleet2").split(" ", 1)[1]
-    known = known_with(fleet, tmp_path / "known", f"@cert-authority *.example {ca}",
-                       f"@cert-authority 127.0.0.* {ca}")
-    config = config_copy(fleet, tmp_path / "config", UserKnownHostsFile=str(known))
+    ca = known_hosts_line(fleet, "fleet2").split(" ", 1)[1]
+    config, _ = with_known_hosts(fleet, tmp_path, f"@cert-authority *.example {ca}",
+                                 f"@cert-authority 127.0.0.* {ca}", keep=True)
     result = run(run_cli, config, hosts="fleet1,fleet2")
     assert (result.returncode, result.stdout) == (0, HELLO_WORLD), result.stderr
     assert result.stderr.count("@cert-authority lines are skipped") == 1, result.stderr
@@ -226,10 +176,8 @@ def test_cert_authority_line_is_skipped_with_one_warning(fleet: SshdFleet, run_c
 def test_wildcard_known_hosts_patterns_match_as_in_openssh(fleet: SshdFleet, run_cli,
                                                            tmp_path: Path) -> None:
     host = fleet.host("fleet1")
-    blob = host_key_line(fleet, "fleet1").split(" ", 1)[1]
-    known = tmp_path / "known"
-    known.write_text(f"[127.0.0.*]:{host.port},!nomatch {blob}\n")
-    config = config_copy(fleet, tmp_path / "config", UserKnownHostsFile=str(known))
+    blob = known_hosts_line(fleet, "fleet1").split(" ", 1)[1]
+    config, _ = with_known_hosts(fleet, tmp_path, f"[127.0.0.*]:{host.port},!nomatch {blob}")
     result = run(run_cli, config)
     assert (result.returncode, result.stdout) == (0, HELLO_WORLD), result.stderr
 
@@ -238,7 +186,7 @@ def test_wildcard_known_hosts_patterns_match_as_in_openssh(fleet: SshdFleet, run
 
 def test_missing_identity_file_is_named(fleet: SshdFleet, run_cli, tmp_path: Path) -> None:
     missing = tmp_path / "no_such_key"
-    config = config_copy(fleet, tmp_path / "config", IdentityFile=str(missing))
+    config = ssh_config_copy(fleet, tmp_path / "config", IdentityFile=str(missing))
     result = run(run_cli, config)
     assert result.returncode == 3, result.stderr
     assert f"identity file {missing} skipped" in result.stderr
@@ -252,7 +200,7 @@ def test_private_key_readable_by_others_is_refused_as_ssh_does(fleet: SshdFleet,
     key = tmp_path / "open_key"
     shutil.copy(fleet.client_key, key)
     key.chmod(0o644)
-    config = config_copy(fleet, tmp_path / "config", IdentityFile=str(key))
+    config = ssh_config_copy(fleet, tmp_path / "config", IdentityFile=str(key))
     result = run(run_cli, config)
     assert result.returncode == 3, result.stderr
     assert "permissions 644 are too open" in result.stderr
