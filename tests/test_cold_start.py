@@ -3,7 +3,6 @@ need (how long that takes is measured in benchmarks/scale.py, never asserted her
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +11,9 @@ from typing import Dict, List
 import pytest
 
 from antnest.testing import SshdFleet
+from plugins.cli import HELLO_WORLD, JOBS, REPO, cli_environment
 
-REPO = Path(__file__).resolve().parent.parent
-JOB = REPO / "jobs" / "reverse.py"
+JOB = JOBS / "reverse.py"
 NOT_NEEDED = ("fabric", "invoke", "tqdm", "asyncio", "unittest")
 
 # Runs the CLI in this fresh interpreter, then reports which top-level packages it imported.
@@ -29,10 +28,9 @@ PROBE = (
 
 
 def imported(args: List[str], home: Path) -> Dict[str, object]:
-    env = dict(os.environ, HOME=str(home))
-    env.pop("SSH_AUTH_SOCK", None)
     done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=120, stdin=subprocess.DEVNULL)
+                          cwd=REPO, env=cli_environment(home), timeout=120,
+                          stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     line = [x for x in done.stderr.splitlines() if x.startswith("IMPORTED ")][-1]
     return {"stdout": done.stdout, "modules": set(json.loads(line[len("IMPORTED "):]))}
@@ -40,7 +38,7 @@ def imported(args: List[str], home: Path) -> Dict[str, object]:
 
 def test_a_local_run_imports_no_ssh_yaml_or_progress_library(fresh_home: Path) -> None:
     got = imported(["run", str(JOB)], fresh_home)
-    assert got["stdout"] == "olleh\ndlrow\n"
+    assert got["stdout"] == HELLO_WORLD
     assert got["modules"] & {"paramiko", "cryptography", "yaml", *NOT_NEEDED} == set()
 
 

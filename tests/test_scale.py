@@ -5,9 +5,7 @@ import errno
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import List
 
 import pytest
 
@@ -15,6 +13,7 @@ from antnest.errors import ConnectError
 from antnest.host import Host
 from antnest.limits import fd_limit_advice, raise_open_files_limit
 from plugins.cli import REPO
+from plugins.fleet import keygen
 
 
 def test_open_files_limit_is_raised_to_the_hard_limit_in_a_fresh_process() -> None:
@@ -168,8 +167,8 @@ def test_known_hosts_gives_each_host_only_the_lines_that_can_match_it(tmp_path: 
 
     from antnest.transport import known_hosts
 
-    key = paramiko.Ed25519Key.from_private_key_file(str(_keygen(tmp_path / "k")))
-    other = paramiko.Ed25519Key.from_private_key_file(str(_keygen(tmp_path / "o")))
+    key = paramiko.Ed25519Key.from_private_key_file(str(keygen(tmp_path / "k")))
+    other = paramiko.Ed25519Key.from_private_key_file(str(keygen(tmp_path / "o")))
     hashed = paramiko.HostKeys.hash_host("[10.0.0.7]:2222")
     lines = [f"[10.0.0.{i}]:2222 ssh-ed25519 {other.get_base64()}" for i in range(300)]
     lines += [f"{hashed} ssh-ed25519 {key.get_base64()}",
@@ -198,9 +197,3 @@ def test_an_identity_file_is_read_once_for_all_hosts(fleet, tmp_path: Path, mock
     assert [s.state for s in states] == ["connected"] * len(fleet.hosts)
     tried = [call.args[-2].__name__ for call in parsed.call_args_list]   # the key classes
     assert len(tried) <= 3, tried   # RSA, ECDSA, Ed25519 once, not once per host
-
-
-def _keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
-                   check=True, capture_output=True, timeout=30)
-    return path
