@@ -74,6 +74,7 @@ class Host:
     global_known_hosts: Tuple[str, ...] = () # GlobalKnownHostsFile; () = /etc/ssh/ssh_known_hosts{,2}
     host_key_checking: Optional[str] = None  # StrictHostKeyChecking: yes, accept-new, no; None = run's
     identities_only: bool = False            # IdentitiesOnly: offer only identity_files
+    ciphers: Optional[str] = None            # Ciphers, when ssh_config sets it; None = not set
     ssh_config: Optional[str] = None         # the ssh_config given with -F, for the ssh binary
 
     @property

@@ -106,6 +106,35 @@ def test_unchecked_host_keys_refused(fleet: SshdFleet, run_cli, tmp_path: Path,
     assert row["status"] == "host key unchecked", row
 
 
+def test_aes_gcm_first_unless_ssh_config_sets_ciphers(fleet: SshdFleet, run_cli,
+                                                     tmp_path: Path) -> None:
+    """A host whose ssh_config sets no Ciphers gets ssh's own default set with AES-GCM first
+    (nothing added, nothing removed); one that sets Ciphers keeps them, and connects."""
+    from antnest.inventory import load_hosts
+    from antnest.inventory.ssh_options import default_ciphers
+    from antnest.transport import SshOptions
+    from antnest.transport.openssh import ssh_args
+
+    def ciphers_option(host: antnest.Host) -> "str | None":
+        args = ssh_args(host, SshOptions())
+        found = [a for a in args if a.startswith("Ciphers=")]
+        return found[0][len("Ciphers="):] if found else None
+
+    plain, = load_hosts(host_list="fleet1", ssh_config=fleet.ssh_config)
+    assert plain.ciphers is None
+    offered = ciphers_option(plain)
+    assert offered is not None and offered.startswith("aes128-gcm@openssh.com,")
+    assert sorted(offered.split(",")) == sorted(default_ciphers())
+
+    config = tmp_path / "config-ciphers"
+    config.write_text("Host *\n    Ciphers aes256-ctr\n\n" + fleet.ssh_config.read_text())
+    chosen, = load_hosts(host_list="fleet1", ssh_config=config)
+    assert chosen.ciphers == "aes256-ctr" and ciphers_option(chosen) is None
+    result = run_cli("run", "--ssh-client", "openssh", "-H", "fleet1", "-F", config,
+                     JOBS / "reverse.py")
+    assert (result.returncode, result.stdout) == (0, HELLO_WORLD), result.stderr
+
+
 # --------------------------------------------------------------------------- nothing left
 
 

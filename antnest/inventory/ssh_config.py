@@ -16,7 +16,7 @@ from ..errors import InventoryError
 from ..host import Host
 from .ssh_options import (
     DEFAULT_GLOBAL_KNOWN_HOSTS, DEFAULT_IDENTITIES, DEFAULT_USER_KNOWN_HOSTS, ConfigError,
-    Options, expand_path, local_user, resolve_many, ssh_home, ssh_user, tokens_for
+    Options, default_ciphers, expand_path, local_user, resolve_many, ssh_home, ssh_user, tokens_for
 )
 from .values import (
     _Bad, _Entry, Hop, _layer, PathArg, _port_text, _proxy_command, _proxy_jump, _seconds,
@@ -116,6 +116,7 @@ class _SshConfig:
             global_known_hosts=settings.get("global_known_hosts", ()),
             host_key_checking=settings.get("host_key_checking"),
             identities_only=settings.get("identities_only", False),
+            ciphers=settings.get("ciphers"),
             ssh_config=self._given if self._given not in (None, "none") else None,
         )
 
@@ -199,6 +200,9 @@ def options_to_fields(name: str, options: Options, path: str) -> Dict[str, Any]:
                 raise _Bad(f"StrictHostKeyChecking {checking!r} is not yes, no or accept-new")
         if (one("identitiesonly") or "no").lower() in ("yes", "true"):
             found["identities_only"] = True
+        ciphers = one("ciphers")   # ssh -G always prints the list: set means not the default
+        if ciphers is not None and ciphers.split(",") != list(default_ciphers()):
+            found["ciphers"] = ciphers
         jump, command = one("proxyjump"), one("proxycommand")
         if jump is not None and jump != "none":
             found["jump"] = _proxy_jump(jump)

@@ -17,6 +17,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -475,6 +476,34 @@ def ssh_g(name: str, path: Optional[str], ssh: str = "ssh") -> Options:
     return options
 
 
+_defaults_lock = threading.Lock()
+
+
+def default_ciphers() -> Tuple[str, ...]:
+    """The Ciphers list of this machine's ssh when no config sets any (``ssh -G -F none``),
+    asked once per process (the hosts' threads wait for the one answer); () without the
+    binary or an answer."""
+    with _defaults_lock:
+        return _default_ciphers()
+
+
+@functools.lru_cache(maxsize=None)
+def _default_ciphers() -> Tuple[str, ...]:
+    ssh = ssh_binary()
+    if ssh is None:
+        return ()
+    try:
+        done = subprocess.run([ssh, "-G", "-F", "none", "--", "antnest-defaults.invalid"],
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    for line in done.stdout.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition(" ")
+        if key == "ciphers":
+            return tuple(value.split(","))
+    return ()
+
+
 def resolve_many(names: Sequence[str], path: Optional[str], use_ssh: Optional[bool] = None,
                  workers: int = 32) -> Dict[str, Options]:
     """Every name's options, resolved in parallel (``ssh -G`` is a process per name)."""
@@ -488,4 +517,5 @@ def resolve_many(names: Sequence[str], path: Optional[str], use_ssh: Optional[bo
         reader = Reader(path)
         return {name: reader.options(name) for name in unique}
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(unique)))) as pool:
+        pool.submit(default_ciphers)   # what "Ciphers not set" looks like, alongside
         return dict(zip(unique, pool.map(lambda n: ssh_g(n, path, ssh), unique)))
