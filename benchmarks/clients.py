@@ -5,15 +5,19 @@
 
 Each figure comes from a fresh child interpreter (``run.py --child``, the same workloads as
 run.py: W2 efficiency, W3 start-up of 8 hosts, W4 MiB/s, W5 one-at-a-time latency), once per
-client, the clients alternating, Pool measured inside every child. Then the cost of OpenSSH's
-key exchange: connect+authenticate+exit (``ssh -o ControlMaster=no host true``) with the default
-KexAlgorithms (post-quantum sntrup761x25519 first) and with curve25519-sha256.
+client, the clients alternating, Pool measured inside every child. The third column is openssh
+with an ssh_config that sets ``KexAlgorithms curve25519-sha256`` (then includes the system
+config), what a user can set when start-up matters more than a post-quantum key exchange. Then
+the cost of OpenSSH's key exchange alone: connect+authenticate+exit (``ssh -o ControlMaster=no
+host true``) with the default KexAlgorithms (post-quantum sntrup761x25519 first on OpenSSH
+9.0-9.8) and with curve25519-sha256, with each one's client CPU.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,13 +33,18 @@ from antnest.testing import SshdFleet  # noqa: E402
 
 RESULT_TAG = "ANTNEST_BENCH_RESULT "
 UNITS = {"W4": "MiB/s", "W5": "us/call", "W2": "efficiency", "W3": "s (8 hosts)"}
-CLIENTS = ("paramiko", "openssh")
+CLIENTS = ("paramiko", "openssh", "openssh+c25519")
+KEX_CONFIG = "KexAlgorithms curve25519-sha256\nInclude /etc/ssh/ssh_config\n"
 
 
 def child(args: List[str], client: str, env: Dict[str, str]) -> Dict[str, Any]:
+    env = dict(env, ANTNEST_BENCH_SSH_CLIENT=client.split("+")[0])
+    if client.endswith("+c25519"):
+        env["ANTNEST_BENCH_SSH_CONFIG"] = env.pop("ANTNEST_BENCH_KEX_CONFIG")
+    else:
+        env.pop("ANTNEST_BENCH_KEX_CONFIG", None)
     out = subprocess.run([sys.executable, str(HERE / "run.py"), "--child", *args],
-                         env=dict(env, ANTNEST_BENCH_SSH_CLIENT=client), capture_output=True,
-                         text=True, timeout=900)
+                         env=env, capture_output=True, text=True, timeout=900)
     for line in out.stdout.splitlines():
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG):])
@@ -51,13 +60,18 @@ def kex_cost(fleet: SshdFleet, rounds: int) -> Dict[str, float]:
     variants = {"default (sntrup761x25519 first)": [],
                 "KexAlgorithms=curve25519-sha256": ["-o", "KexAlgorithms=curve25519-sha256"]}
     times: Dict[str, List[float]] = {k: [] for k in variants}
+    cpu: Dict[str, List[float]] = {k: [] for k in variants}
     for _ in range(rounds):   # alternating, so both see the same machine
         for name, extra in variants.items():
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             subprocess.run(base[:1] + extra + base[1:], check=True, capture_output=True,
                            stdin=subprocess.DEVNULL, timeout=60)
             times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(v) * 1000 for name, v in times.items()}
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return {name: (statistics.median(times[name]) * 1000, statistics.median(cpu[name]) * 1000)
+            for name in variants}
 
 
 def main() -> int:
@@ -79,23 +93,27 @@ def main() -> int:
                       for h in fleet.hosts],
             "daemon_pids": [h.pid for h in fleet.hosts]}))
         env["ANTNEST_BENCH_FLEET"] = str(fleet_file)
+        kex_config = scratch / "kex_config"
+        kex_config.write_text(KEX_CONFIG)
+        env["ANTNEST_BENCH_KEX_CONFIG"] = str(kex_config)
         rows = []
         for workload in (["W4", size], ["W5", size], ["W2", size], ["W3", size, "8"]):
             figures = {client: child(workload, client, env) for client in CLIENTS}
             rows.append((workload[0], figures))
         kex = kex_cost(fleet, 5 if args.quick else 15)
-    print(f"{'workload':<10} {'unit':<12} {'Pool':>10} {'paramiko':>10} {'openssh':>10}")
+    print(f"{'workload':<10} {'unit':<12} {'Pool':>10} "
+          + " ".join(f"{c:>15}" for c in CLIENTS))
     for name, figures in rows:
         unit = UNITS[name]
         pool = statistics.mean(f.get("pool", float("nan")) for f in figures.values())
         print(f"{name:<10} {unit:<12} {pool:>10.3f} "
-              + " ".join(f"{figures[c].get('antnest', float('nan')):>10.3f}" for c in CLIENTS))
+              + " ".join(f"{figures[c].get('antnest', float('nan')):>15.3f}" for c in CLIENTS))
     for name, figures in rows:
         for client in CLIENTS:
             print(f"  {name} {client}: {figures[client].get('notes', '')}")
-    print("ssh connect+auth+exit, median ms:")
-    for name, ms in kex.items():
-        print(f"  {name}: {ms:.1f}")
+    print("ssh connect+auth+exit, median ms (wall / client CPU):")
+    for name, (ms, cpu_ms) in kex.items():
+        print(f"  {name}: {ms:.1f} / {cpu_ms:.1f}")
     return 0
 
 

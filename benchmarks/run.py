@@ -127,8 +127,9 @@ def _fleet_hosts(n: int) -> Dict[str, Any]:
         raise SystemExit(f"the fleet has {len(info['hosts'])} hosts, {n} wanted")
     import antnest
 
+    config = os.environ.get("ANTNEST_BENCH_SSH_CONFIG")   # clients.py: an ssh_config for -F
     hosts = [antnest.Host(name=h["name"], address=h["address"], port=h["port"], user=info["user"],
-                          identity_files=(info["client_key"],), procs=1)
+                          identity_files=(info["client_key"],), procs=1, ssh_config=config)
              for h in info["hosts"][:n]]
     return {"hosts": hosts, "known_hosts": [info["known_hosts"]]}
 
