@@ -16,7 +16,7 @@ import pytest
 
 import antnest
 from antnest.testing import SshdFleet
-from plugins.cli import BackgroundCli, RunCli
+from plugins.cli import HELLO_WORLD, JOBS, BackgroundCli, RunCli
 from plugins.fleet import known_hosts_line, ssh_config_copy, with_known_hosts
 from plugins.processes import ssh_processes, wait_until
 
