@@ -18,13 +18,14 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -51,7 +52,7 @@ def child(args: List[str], client: str, env: Dict[str, str]) -> Dict[str, Any]:
     raise SystemExit(f"child {args} ({client}) failed:\n{out.stderr[-3000:]}")
 
 
-def kex_cost(fleet: SshdFleet, rounds: int) -> Dict[str, float]:
+def kex_cost(fleet: SshdFleet, rounds: int) -> Dict[str, Tuple[float, float]]:
     host = fleet.hosts[0]
     base = ["ssh", "-F", "none", "-o", "BatchMode=yes", "-o", "ControlMaster=no",
             "-o", f"UserKnownHostsFile={fleet.known_hosts}", "-o", "StrictHostKeyChecking=yes",
@@ -84,6 +85,17 @@ def main() -> int:
     home.mkdir()
     env = dict(os.environ, HOME=str(home), PYTHONPATH=str(HERE.parent))
     env.pop("SSH_AUTH_SOCK", None)
+    try:
+        rows, kex = measure(scratch, env, size, args.quick)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)   # the fleet's keys, HOME, the config
+    report(rows, kex)
+    return 0
+
+
+def measure(scratch: Path, env: Dict[str, str], size: str, quick: bool
+            ) -> Tuple[List[Tuple[str, Dict[str, Dict[str, Any]]]], Dict[str, Tuple[float, float]]]:
+    """Every workload for every client, then the key exchange's cost, on one fleet."""
     with SshdFleet(scratch / "fleet", count=8, first_octet=11) as fleet:
         fleet_file = scratch / "fleet.json"
         fleet_file.write_text(json.dumps({
@@ -100,7 +112,12 @@ def main() -> int:
         for workload in (["W4", size], ["W5", size], ["W2", size], ["W3", size, "8"]):
             figures = {client: child(workload, client, env) for client in CLIENTS}
             rows.append((workload[0], figures))
-        kex = kex_cost(fleet, 5 if args.quick else 15)
+        kex = kex_cost(fleet, 5 if quick else 15)
+    return rows, kex
+
+
+def report(rows: List[Tuple[str, Dict[str, Dict[str, Any]]]],
+           kex: Dict[str, Tuple[float, float]]) -> None:
     print(f"{'workload':<10} {'unit':<12} {'Pool':>10} "
           + " ".join(f"{c:>15}" for c in CLIENTS))
     for name, figures in rows:
@@ -114,7 +131,6 @@ def main() -> int:
     print("ssh connect+auth+exit, median ms (wall / client CPU):")
     for name, (ms, cpu_ms) in kex.items():
         print(f"  {name}: {ms:.1f} / {cpu_ms:.1f}")
-    return 0
 
 
 if __name__ == "__main__":
