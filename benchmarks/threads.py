@@ -36,22 +36,18 @@ def child(inventory: str, known_hosts: str, client: str) -> Dict[str, Any]:
     import antnest
 
     counts: List[Dict[str, int]] = []
-
-    def count(x: int) -> int:
-        return x + 1
-
     with antnest.Cluster(inventory, known_hosts=[known_hosts], procs=2, connect_timeout=60,
                          ssh_client=client) as cluster:
         states = cluster.wait_for_hosts(timeout=300)
         slots = sum(s.alive for s in states)
-        results = cluster.imap(count, range(20000), chunksize=50)
+        results = cluster.imap(abs, range(20000))
         for i, _ in enumerate(results):
             if i in (5000, 15000):
                 kinds: Dict[str, int] = collections.Counter()
+                paramiko = sys.modules.get("paramiko")
                 for thread in threading.enumerate():
-                    name = thread.name
-                    kinds["antnest" if name.startswith("antnest-") else
-                          "paramiko" if type(thread).__module__.startswith("paramiko")
+                    kinds["antnest" if thread.name.startswith("antnest-") else
+                          "paramiko" if paramiko and isinstance(thread, paramiko.Transport)
                           else "other"] += 1
                 kinds["total"] = threading.active_count()
                 counts.append(dict(kinds))

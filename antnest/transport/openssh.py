@@ -15,7 +15,6 @@ paramiko client's.
 from __future__ import annotations
 
 import atexit
-import collections
 import concurrent.futures
 import ctypes
 import ctypes.util
@@ -436,7 +435,7 @@ class OpenSshConnection:
         self._master: Optional["subprocess.Popen[bytes]"] = None
         self._socket: Optional[str] = None
         self._lock = threading.Lock()
-        self._stderr: collections.deque = collections.deque(maxlen=64)
+        self._stderr: Optional[Any] = None   # the master's stderr: an unlinked file
 
     def connect(self) -> None:
         """Start the master and wait until its control socket answers (or ssh says why not)."""
@@ -454,18 +453,20 @@ class OpenSshConnection:
             self._socket = sock
             argv = (["ssh", "-M", "-N", "-S", sock, "-o", "ControlPersist=no",
                      "-o", "ControlMaster=yes"] + options + ["--", self.host.name])
-            self._stderr.clear()
+            # ssh's words go to a file read when they matter (a failure, an unchecked key):
+            # no thread per host drains a pipe
+            stderr_file = tempfile.TemporaryFile()
+            if self._stderr is not None:
+                self._stderr.close()
+            self._stderr = stderr_file
             try:
                 master = _spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
+                                stderr=stderr_file, start_new_session=True)
             except OSError as exc:
                 self._forget()
                 raise ConnectError(self.host.name, f"cannot start ssh: {exc.strerror or exc}",
                                    status="unreachable") from None
             self._master = master
-            assert master.stderr is not None
-            drain = threading.Thread(target=self._drain, args=(master.stderr,), daemon=True)
-            drain.start()
             timeout = (self.host.connect_timeout or self.options.connect_timeout) * (
                 1 + len(self.host.jump)) + 5
             if not _wait_for_socket(sock, master, timeout):
@@ -474,17 +475,16 @@ class OpenSshConnection:
                                    f"{timeout:g} s", status="timeout")
             if master.poll() is not None and not os.path.exists(sock):
                 master.wait()
-                drain.join(1.0)   # the last words (a ProxyCommand may hold stderr open)
-                stderr = "".join(self._stderr)
+                stderr = file_tail(stderr_file)
                 self._forget()
                 raise classify(self.host, stderr, self.options)
+            self._warn_unchecked(file_tail(stderr_file))
 
-    def _drain(self, stream: Any) -> None:
-        unchecked = self.host.host_key_checking == "no"
-        for line in stream:
-            text = line.decode("utf-8", "replace")
-            self._stderr.append(text)
-            if unchecked and text.startswith("Warning: Permanently added"):
+    def _warn_unchecked(self, stderr: str) -> None:
+        if self.host.host_key_checking != "no":
+            return
+        for text in stderr.splitlines():
+            if text.startswith("Warning: Permanently added"):
                 # recorded in /dev/null (see ssh_args): the key was not checked
                 log.warning("%s: host key NOT checked (StrictHostKeyChecking no, "
                             "--allow-unchecked-host-keys): %s", self.host.name,
