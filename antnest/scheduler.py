@@ -952,6 +952,8 @@ class Scheduler:
             if batch.filled.find(0, batch.base, batch.base + len(batch.items)) == -1:
                 self._finished(worker, batch)
             self.stats["results"] += n
+            if accepted:  # counted before anyone woken by these results looks at the host
+                worker.group.state.done += accepted
         self.pump()
         return accepted
 

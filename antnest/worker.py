@@ -518,7 +518,7 @@ class Worker:
         except BaseException as exc:  # even SystemExit: that taskunit's error
             self.scheduler.on_undecodable(self, undecodable_head(payload), exc, "master")
             return None
-        self.group.state.done += self.scheduler.on_results(self, record, len(payload))
+        self.scheduler.on_results(self, record, len(payload))  # it counts the host's done
         del record  # the values must not outlive their readers (weakrefs, memory)
         return None
 
