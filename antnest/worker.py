@@ -341,7 +341,10 @@ class Worker:
             kind, payload = found
             handler = handlers.get(kind)
             if handler is not None:
-                ended = handler(self, payload)
+                try:
+                    ended = handler(self, payload)
+                except link_errors() as exc:  # an answer (MODULE) to a runner already gone
+                    ended = (f"connection broken: {exc}", self._link_alive())
                 if ended is not None:
                     self._ended = ended
                     return False
