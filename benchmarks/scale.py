@@ -11,7 +11,8 @@ Every figure comes from a fresh interpreter (a child process), imports included,
 * cold CLI   `python -m antnest run` over 8 hosts of a native inventory: wall time from exec to
              its first output line and to its exit; `python -c pass` and `import antnest` in the
              same run as the floor.
-* all up     `Cluster()` + `wait_for_hosts()` on N hosts, one runner each: seconds, master
+* all up     `Cluster()` + `wait_for_hosts()` on N hosts, one runner each: seconds, the CPU
+             the whole machine spent meanwhile (the hosts' sshd and runners share it), master
              threads, master RSS, master CPU to connect, and master CPU per host per second while
              idle afterwards (5 s of doing nothing).
 * check      `antnest check` on N hosts: wall time.
@@ -44,25 +45,40 @@ TAG = "ANTNEST_SCALE "
 
 # --------------------------------------------------------------------------- children
 
+def _machine_cpu() -> float:
+    """Seconds of CPU the whole machine has spent (all processes: here the hosts' sshd and
+    runners, the master, and whatever else runs)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:8]]
+    except OSError:
+        return float("nan")
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+
 def child_up(inventory: str, known_hosts: str) -> Dict[str, Any]:
     import threading
 
     t0 = time.perf_counter()
     cpu0 = time.process_time()
+    machine0 = _machine_cpu()
     import antnest
 
     cluster = antnest.Cluster(inventory, known_hosts=[known_hosts], procs=1, connect_timeout=30)
     states = cluster.wait_for_hosts(timeout=300)
     up = time.perf_counter() - t0
     connect_cpu = time.process_time() - cpu0
+    machine_cpu = _machine_cpu() - machine0
     threads = threading.active_count()
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1
     idle_cpu0 = time.process_time()
     time.sleep(5.0)
     idle_cpu = time.process_time() - idle_cpu0
     cluster.shutdown()
     hosts = len(states)
     return {"hosts": hosts, "connected": sum(s.state == "connected" for s in states),
-            "all_up_s": up, "threads": threads, "connect_cpu_s": connect_cpu,
+            "all_up_s": up, "threads": threads, "fds": fds, "connect_cpu_s": connect_cpu,
+            "machine_cpu_s": machine_cpu,
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "idle_cpu_ms_per_host_s": 1000 * idle_cpu / 5.0 / max(1, hosts)}
 
@@ -102,19 +118,23 @@ def run_child(args: List[str], env: Dict[str, str]) -> Dict[str, Any]:
     raise SystemExit(f"child {args} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
 
 
-def timed(cmd: List[str], env: Dict[str, str]) -> Dict[str, float]:
+def timed(cmd: List[str], env: Dict[str, str], ok: tuple = (0,)) -> Dict[str, Any]:
     """Wall time to the first line on stdout and to exit, for a fresh process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            cwd=ROOT, text=True)
-    assert proc.stdout is not None
-    proc.stdout.readline()
-    first = time.perf_counter() - t0
-    _, err = proc.communicate(timeout=600)
-    total = time.perf_counter() - t0
-    if proc.returncode != 0:
+    with tempfile.TemporaryFile("w+") as errors:   # a file: stdout alone is piped and read
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, env=env, cwd=ROOT,
+                                text=True)
+        assert proc.stdout is not None
+        head = proc.stdout.readline()
+        first = time.perf_counter() - t0
+        rest = proc.stdout.read()
+        proc.wait(timeout=600)
+        total = time.perf_counter() - t0
+        errors.seek(0)
+        err = errors.read()
+    if proc.returncode not in ok:
         raise SystemExit(f"{cmd} exited {proc.returncode}: {err[-2000:]}")
-    return {"first": first, "exit": total}
+    return {"first": first, "exit": total, "stdout": head + rest}
 
 
 def best(runs: List[Dict[str, float]], key: str) -> float:
@@ -141,12 +161,17 @@ def main() -> int:
         home.mkdir()
         env = dict(os.environ, HOME=str(home), PYTHONPATH=str(ROOT))
         env.pop("SSH_AUTH_SOCK", None)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)   # users' processes read cached bytecode
         biggest = max(sizes + [8])
         with SshdFleet(Path(tmp, "fleet"), count=biggest) as fleet:
             hosts8 = Path(tmp, "h8.yaml")
             _write_inventory(fleet, hosts8, 8)
             job = ROOT / "jobs" / "reverse.py"
             reps = 3 if not args.quick else 1
+            timed([sys.executable, "-m", "antnest", "run", "-i", str(hosts8), "--known-hosts",
+                   str(fleet.known_hosts), "--procs", "1", str(job)], env)  # bytecode cached
+            ssh_import = [timed([sys.executable, "-c", "import antnest.transport.ssh; print(1)"],
+                                env) for _ in range(reps)]
             floor = [timed([sys.executable, "-c", "print(1)"], env) for _ in range(reps)]
             imp = [timed([sys.executable, "-c", "import antnest; print(1)"], env)
                    for _ in range(reps)]
@@ -157,6 +182,8 @@ def main() -> int:
                      for _ in range(reps)]
             rows.append(f"| cold `python -c pass` | {best(floor, 'exit'):.3f} s |")
             rows.append(f"| cold `import antnest` | {best(imp, 'exit'):.3f} s |")
+            rows.append(f"| cold `import antnest.transport.ssh` (the paramiko client) | "
+                        f"{best(ssh_import, 'exit'):.3f} s |")
             rows.append(f"| cold `antnest run` local default, first line / exit | "
                         f"{best(local, 'first'):.3f} / {best(local, 'exit'):.3f} s |")
             rows.append(f"| cold `antnest run` 8 hosts, first line / exit | "
@@ -166,17 +193,24 @@ def main() -> int:
                 _write_inventory(fleet, inv, n)
                 up = run_child(["up", str(inv), str(fleet.known_hosts)], env)
                 check = timed([sys.executable, "-m", "antnest", "check", "-i", str(inv),
-                               "--known-hosts", str(fleet.known_hosts)], env)
+                               "--known-hosts", str(fleet.known_hosts), "--json"], env, ok=(0, 3))
+                statuses = [row["status"] for row in json.loads(check["stdout"])]
                 rows.append(
                     f"| {n} hosts: all up (cold process) | {up['all_up_s']:.2f} s, "
                     f"{up['connected']}/{n} connected, {up['threads']} master threads, "
+                    f"{up['fds']} fds, "
                     f"RSS {up['rss_mb']:.0f} MB, connect CPU {up['connect_cpu_s']:.2f} s "
-                    f"({1000 * up['connect_cpu_s'] / n:.1f} ms/host), idle "
+                    f"({1000 * up['connect_cpu_s'] / n:.1f} ms/host; the whole machine "
+                    f"{up['machine_cpu_s']:.1f} s), idle "
                     f"{up['idle_cpu_ms_per_host_s']:.3f} ms CPU per host per s |")
-                rows.append(f"| {n} hosts: `antnest check` | {check['exit']:.2f} s |")
+                rows.append(f"| {n} hosts: `antnest check` | {check['exit']:.2f} s, "
+                            f"{statuses.count('ok')}/{n} ok |")
+                print(rows[-2], rows[-1], sep="\n", file=sys.stderr, flush=True)
                 time.sleep(1.0)
     for count in (200, 2000):
-        inv = run_child(["inventory", str(count)], dict(os.environ, PYTHONPATH=str(ROOT)))
+        plain = dict(os.environ, PYTHONPATH=str(ROOT))
+        plain.pop("PYTHONDONTWRITEBYTECODE", None)
+        inv = run_child(["inventory", str(count)], plain)
         rows.append(f"| inventory of {count} hosts, one ssh_config Host block each | "
                     f"{inv['wall_s']:.2f} s wall, {inv['cpu_s']:.2f} s CPU |")
     print("| measurement | figure |\n|---|---|")
