@@ -488,11 +488,8 @@ class _CheckedTransport(paramiko.Transport):
     antnest_check: Any = None
     # How often paramiko's transport thread wakes with nothing to read (its default, 0.1 s,
     # costs an idle master 0.7 ms of CPU per host per second: 7 cores for 10,000 hosts).
-    # Data wakes it at once whatever this is; it bounds how soon a closed transport's thread
-    # notices, and the granularity of paramiko's handshake and keepalive clocks.
-    _active_check_timeout = 0.5
-    # paramiko's thread wakes this often to look at its flags (0.1 s by default): ten wake-ups
-    # a second per idle host. Closing closes the socket, which ends the wait at once anyway.
+    # Data wakes it at once whatever this is, and closing closes the socket, which ends the
+    # wait at once too; it is the granularity of paramiko's keepalive clock (5 s here).
     _active_check_timeout = 1.0
 
     def get_remote_server_key(self) -> paramiko.PKey:
