@@ -197,16 +197,18 @@ def _main_names() -> set:
 
 
 _trees: Dict[Tuple[str, int], ast.AST] = {}
+_ast_lock = runner.AST_LOCK   # one thread at a time builds AST objects (see runner.AST_LOCK)
 
 
 def _tree(filename: str, text: str) -> ast.AST:
     key = (filename, hash(text))
-    if key not in _trees:
-        try:
-            _trees[key] = ast.parse(text, filename)
-        except (SyntaxError, ValueError) as exc:
-            raise SourceUnavailable(f"its file does not parse here: {exc}") from None
-    return _trees[key]
+    with _ast_lock:
+        if key not in _trees:
+            try:
+                _trees[key] = ast.parse(text, filename)
+            except (SyntaxError, ValueError) as exc:
+                raise SourceUnavailable(f"its file does not parse here: {exc}") from None
+        return _trees[key]
 
 
 def _inside(node: ast.AST, spans: List[Tuple[Any, ...]]) -> bool:

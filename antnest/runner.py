@@ -188,13 +188,20 @@ def encode_hello(info):
     return repr(info).encode()
 
 
+# One thread at a time builds AST objects on the master: CPython 3.11 keeps the conversion's
+# recursion depth in shared state, and two runners' HELLOs parsed at once (or a HELLO and a
+# function's source) can fail with "SystemError: AST constructor recursion depth mismatch".
+AST_LOCK = threading.Lock()
+
+
 def decode_hello(payload):
     """The master's side: ast.literal_eval, so a HELLO can never execute anything. Returns
     None for anything that is not a dict of literals."""
     import ast
 
     try:
-        info = ast.literal_eval(str(payload, "utf-8"))
+        with AST_LOCK:
+            info = ast.literal_eval(str(payload, "utf-8"))
     except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
         return None
     return info if isinstance(info, dict) else None
