@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +14,7 @@ from antnest.transport import CommandExit, Connection, OutputSink
 from antnest.errors import BootstrapError
 from antnest.host import Host, HostStatus
 from antnest.transport import SshOptions, describe_exit, file_tail, outgoing
+from antnest.transport.pipes import ChildStdout
 
 
 class LocalConnection:
@@ -64,7 +63,7 @@ def open_connection(host: Host, options: SshOptions) -> Connection:
 KILL_GRACE = 1.0   # seconds a runner gets to stop its descendants after stdin closes
 
 
-class LocalProcess:
+class LocalProcess(ChildStdout):
     """One runner in a child process; stage 2 goes over its stdin like over SSH."""
 
     def __init__(self, label: str = "local", python: Optional[str] = None) -> None:
@@ -88,52 +87,12 @@ class LocalProcess:
                                  f"{exc.strerror or exc}", status=HostStatus.NO_PYTHON) from None
         self.pid = self._proc.pid
         assert self._proc.stdin and self._proc.stdout  # PIPE, both
-        # The stdout fd is closed by release() alone, once nobody selects on it or reads it:
-        # a closed fd's number is soon another runner's pipe.
-        self._stdout: Optional[int] = self._proc.stdout.fileno()
-        self._timeout: Optional[float] = None
+        self._attach_stdout()
         self._out = outgoing.pipe_writer(label, self._proc.stdin, lambda exc: self.kill())
         self.send(bootstrap.stage2())
 
     def send(self, *chunks: bytes) -> None:
         self._out.send(*chunks)
-
-    def set_timeout(self, seconds: Optional[float]) -> None:
-        self._timeout = seconds
-
-    def recv(self, size: int) -> bytes:
-        """Blocking, for the boot; b'' at EOF. With a timeout set, socket.timeout after that
-        long without a byte, as an SSH channel does."""
-        fd = self._stdout
-        if fd is None:
-            return b""
-        if self._timeout is not None:
-            ready, _, _ = select.select([fd], [], [], self._timeout)
-            if not ready:
-                raise socket.timeout(f"no output for {self._timeout:g} s")
-        return os.read(fd, size)
-
-    def fileno(self) -> int:
-        if self._stdout is None:
-            raise ValueError(f"{self.label}: the runner's stdout is closed")
-        return self._stdout
-
-    def read_nowait(self, size: int) -> Optional[bytes]:
-        fd = self._stdout
-        if fd is None:
-            return b""
-        try:
-            return os.read(fd, size)
-        except BlockingIOError:
-            return None
-
-    def release(self) -> None:
-        self._stdout = None
-        try:
-            assert self._proc.stdout is not None
-            self._proc.stdout.close()
-        except OSError:
-            pass
 
     def close(self) -> None:
         """EOF on the runner's stdin: it exits; queued input is dropped."""

@@ -28,7 +28,6 @@ import select
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -43,6 +42,7 @@ from antnest.host import Host
 from antnest.inventory.ssh_options import (DEFAULT_GLOBAL_KNOWN_HOSTS,
                                            DEFAULT_USER_KNOWN_HOSTS, default_ciphers)
 from antnest.transport import SshOptions, describe_exit, file_tail, outgoing
+from antnest.transport.pipes import ChildStdout
 
 log = logging.getLogger(__name__)
 
@@ -554,21 +554,20 @@ class OpenSshConnection:
                 _control.release(self)
 
 
-class OpenSshProcess:
+class OpenSshProcess(ChildStdout):
     """A runner as an ssh session over the master: pipes to and from the ssh process."""
 
     def __init__(self, label: str, argv: List[str], conn: OpenSshConnection) -> None:
         self.label = label
         self._conn = conn
-        self._timeout: Optional[float] = None
         # ssh's stderr (its own errors, the runner's fatal words) goes to an unlinked file
         # that diagnose() reads: no thread per runner to drain it
         self._stderr = tempfile.TemporaryFile()
         self._proc = _spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=self._stderr, bufsize=0, start_new_session=True)
         assert self._proc.stdin and self._proc.stdout
-        self._stdout: Optional[int] = self._proc.stdout.fileno()
-        for fd in (self._proc.stdin.fileno(), self._stdout):
+        self._attach_stdout()
+        for fd in (self._proc.stdin.fileno(), self.fileno()):
             _grow_pipe(fd)
         self._out = outgoing.pipe_writer(label, self._proc.stdin, lambda exc: self.kill())
         try:
@@ -576,43 +575,8 @@ class OpenSshProcess:
         except OSError:   # ssh or the command already ended: recv sees EOF, diagnose says why
             pass
 
-    def set_timeout(self, seconds: Optional[float]) -> None:
-        """A recv that hears nothing this long raises socket.timeout (as a paramiko channel)."""
-        self._timeout = seconds
-
     def send(self, *chunks: bytes) -> None:
         self._out.send(*chunks)
-
-    def recv(self, size: int) -> bytes:
-        fd = self._stdout
-        if fd is None:
-            return b""
-        if self._timeout is not None:
-            ready, _, _ = select.select([fd], [], [], self._timeout)
-            if not ready:
-                raise socket.timeout("no data from the runner")
-        return os.read(fd, size)
-
-    def fileno(self) -> int:
-        if self._stdout is None:
-            raise ValueError(f"{self.label}: the runner's stdout is closed")
-        return self._stdout
-
-    def read_nowait(self, size: int) -> Optional[bytes]:
-        fd = self._stdout
-        if fd is None:
-            return b""
-        try:
-            return os.read(fd, size)
-        except BlockingIOError:
-            return None
-
-    def release(self) -> None:
-        self._stdout = None
-        try:
-            self._proc.stdout.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
 
     def close(self) -> None:
         self._out.close()
