@@ -11,6 +11,7 @@ setup(
     python_requires=">=3.9",
     install_requires=[
         "paramiko>=3.4",
+        "fabric>=3.2",      # the project's SSH stack; the run path uses paramiko alone (cold start)
         "cloudpickle>=2.1",
         "PyYAML>=6.0",
         "tqdm>=4.60",

@@ -65,7 +65,7 @@ class HostGroup:
         self.cluster = cluster
         self.scheduler = cluster.scheduler
         self.dispatcher: Dispatcher = cluster.dispatcher
-        # the transport module (paramiko, fabric...) loads only when a host needs it
+        # the transport module (paramiko for the ssh client) loads only when a host needs it
         self.connection: Connection = open_connection(host, cluster.ssh_options)
         self.state = HostState(host.name, self.connection.address)
         self.workers: List[Worker] = []
