@@ -438,6 +438,31 @@ def _distribution(top: str) -> str:
     return (_distributions.get(top) or [top])[0]
 
 
+_metadata: Dict[str, Optional[Tuple[str, str]]] = {}
+
+
+def distribution_metadata(name: str) -> Optional[Tuple[str, str]]:
+    """(distribution name, its METADATA headers) for a top-level module the master forwards:
+    a package that reads its own version (`importlib.metadata.version("invoke")`) then works
+    on a host that has only its source. The description after the headers stays home."""
+    if "." in name:
+        return None
+    if name not in _metadata:
+        found: Optional[Tuple[str, str]] = None
+        try:
+            from importlib import metadata
+
+            dist = metadata.distribution(_distribution(name))
+            text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+            headers = text.split("\n\n", 1)[0]
+            if headers:
+                found = (dist.metadata["Name"] or name, headers + "\n")
+        except Exception:  # no metadata on the master either: the package goes without
+            found = None
+        _metadata[name] = found
+    return _metadata[name]
+
+
 def module_answer(name: str, host: str, python: str, policy: ForwardPolicy
                   ) -> Tuple[Optional[Record], str]:
     """The MODULE answer to a runner asking for `name`: (record, "") or (None, an ImportError

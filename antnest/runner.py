@@ -50,6 +50,7 @@ corrupt a frame.
 import io
 import os
 import pickle
+import re
 import struct
 import sys
 import threading
@@ -405,15 +406,17 @@ def decode_module_request(payload):
     return str(payload, "utf-8", "replace")
 
 
-def encode_module(name, record, reason, protocol=None):
-    """The master's answer: the module's record (see codeship.module_answer), or why not."""
-    return pickle.dumps((name, record, reason), protocol=_proto(protocol))
+def encode_module(name, record, reason, distribution=None, protocol=None):
+    """The master's answer: the module's record (see codeship.module_answer), or why not;
+    for a top-level package, its distribution's (name, METADATA headers) when the master
+    has them, so `importlib.metadata.version(...)` inside the package works on the host."""
+    return pickle.dumps((name, record, reason, distribution), protocol=_proto(protocol))
 
 
 def decode_module(payload):
-    """(name, record, reason)"""
-    name, record, reason = pickle.loads(payload)
-    return name, record, reason
+    """(name, record, reason, distribution)"""
+    name, record, reason, distribution = pickle.loads(payload)
+    return name, record, reason, distribution
 
 
 def encode_empty():
@@ -856,6 +859,7 @@ class _Forwarder(object):
         self.writer = writer
         self.enabled = False  # until the master's first JOB says forwarding is on
         self.answers = {}     # name: (record or None, reason)
+        self.distributions = {}  # normalized distribution name: METADATA headers
         self.cond = threading.Condition()
 
     def find_spec(self, name, path=None, target=None):
@@ -911,10 +915,42 @@ class _Forwarder(object):
 
     def answer(self, payload):
         """The reader thread's part: a MODULE frame arrived."""
-        name, record, reason = pickle.loads(payload)
+        name, record, reason, distribution = decode_module(payload)
         with self.cond:
+            if distribution is not None:
+                self.distributions[_dist_key(distribution[0])] = distribution[1]
             self.answers[name] = (tuple(record[1:]) if record else None, reason)
             self.cond.notify_all()
+
+    def find_distributions(self, context=None):
+        """importlib.metadata asks every sys.meta_path finder: the forwarded packages'
+        distributions are found here (3.8+ hosts)."""
+        name = getattr(context, "name", None)
+        with self.cond:
+            found = [text for key, text in self.distributions.items()
+                     if name is None or key == _dist_key(name)]
+        try:
+            return iter([_forwarded_distribution(text) for text in found])
+        except ImportError:  # 3.6/3.7: no importlib.metadata to answer
+            return iter(())
+
+
+def _dist_key(name):
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _forwarded_distribution(text):
+    """A distribution known only by the METADATA headers the master sent."""
+    from importlib.metadata import Distribution
+
+    class Forwarded(Distribution):
+        def read_text(self, filename):
+            return text if filename in ("METADATA", "PKG-INFO") else None
+
+        def locate_file(self, path):
+            return path
+
+    return Forwarded()
 
 
 def _init_package():

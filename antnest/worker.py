@@ -504,7 +504,8 @@ class Worker:
             log.debug("%s: cannot forward module %s: %s", self.label, name, reason)
         else:
             log.debug("%s: forwarding module %s (%s)", self.label, name, record[2])
-        payload = runner.encode_module(name, record, reason, self.pickle_protocol)
+        dist = codeship.distribution_metadata(name) if record is not None else None
+        payload = runner.encode_module(name, record, reason, dist, protocol=self.pickle_protocol)
         with self.send_lock:
             self.proc.send(encode(Kind.MODULE, payload))  # type: ignore[union-attr]
 

@@ -428,3 +428,33 @@ def test_task_timeout_is_reported_and_the_runner_leaves(runner: LiveRunner) -> N
     batch, index, elapsed = decode_timeout(frame[1])
     assert (batch, index) == (80, 0) and elapsed >= 0.2
     assert runner.wait_exit()
+
+
+def test_a_forwarded_package_finds_its_own_distribution_metadata() -> None:
+    """A package that reads its version from its distribution (invoke 3 does, at import) works
+    on a host that got only its source: the master's MODULE answer carries the headers."""
+    import sys
+    from importlib import metadata
+
+    from antnest import codeship
+    from antnest import runner as wire
+
+    name, headers = codeship.distribution_metadata("pytest") or ("", "")
+    assert name.lower() == "pytest" and f"Version: {metadata.version('pytest')}" in headers
+    assert "\n\n" not in headers.rstrip("\n")   # the long description stays on the master
+    assert codeship.distribution_metadata("json") is None          # stdlib: no distribution
+    assert codeship.distribution_metadata("pytest.mark") is None   # only top-level names
+
+    forwarder = wire._Forwarder(writer=None)
+    forwarder.answer(wire.encode_module(
+        "fakepkg_only_master", ("fakepkg_only_master", True, "<fake>", b""), "",
+        ("Fake.Pkg-Only_Master", "Metadata-Version: 2.1\nName: Fake.Pkg-Only_Master\n"
+                                 "Version: 7.8.9\n")))
+    sys.meta_path.append(forwarder)
+    try:
+        assert metadata.version("fake-pkg-only-master") == "7.8.9"
+        assert metadata.version("Fake.Pkg-Only_Master") == "7.8.9"
+        with pytest.raises(metadata.PackageNotFoundError):
+            metadata.version("not-forwarded-anywhere")
+    finally:
+        sys.meta_path.remove(forwarder)

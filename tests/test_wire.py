@@ -28,7 +28,8 @@ SAMPLES = {
     Kind.SETUP_FAILED: ("the initializer", "Traceback ...\nValueError: no"),
     Kind.SOURCES: ([("jobmod", "X = 1\n")],),
     Kind.MODULE_REQUEST: ("helpers.text",),
-    Kind.MODULE: ("helpers.text", (False, "Y = 2\n", "source"), None),
+    Kind.MODULE: ("helpers.text", (False, "Y = 2\n", "source"), None,
+                  ("helpers", "Name: helpers\nVersion: 1.0\n")),
     Kind.PING: (),
     Kind.BYE: (),
 }
