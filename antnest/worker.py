@@ -287,8 +287,9 @@ class Worker:
                 continue
             self._serve()
             return
-        self.scheduler.boot_failed()
-        self._finish()
+        self.scheduler.boot_failed()  # stopped between attempts: over, not given up (closed)
+        self.group.update_alive()
+        self._finished.set()
 
     def _finish(self) -> None:
         self.gave_up = True
