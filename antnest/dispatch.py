@@ -98,12 +98,6 @@ class Dispatcher:
         except RuntimeError:
             pass
 
-    def on_thread(self) -> bool:
-        return threading.current_thread() is self._thread
-
-    def watching(self) -> int:
-        return len(self._watches)
-
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread (after what was posted before); watches left end with "closed"."""
         with self._lock:

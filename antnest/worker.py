@@ -193,7 +193,6 @@ class Worker:
         self._stopping = threading.Event()
         self._finished = threading.Event()   # the slot is over: no runner, no thread
         self._thread: Optional[threading.Thread] = None  # booting or winding down, else None
-        self._watch: Optional[Watch] = None
         self._ended: Optional[Tuple[str, bool]] = None   # what a handler said ended the runner
         self._broken = False                              # a handler hit a bug
         self._reader: Optional[FrameReader] = None
@@ -319,7 +318,6 @@ class Worker:
         # each read asks for what the frame lacks (FrameReader.want: small reads stay small)
         watch = Watch(self.label, fileno, lambda _: proc.read_nowait(reader.want()),
                       self._on_data, self._on_end, DEAD_AFTER)
-        self._watch = watch
         self._thread = None
         try:
             self.group.dispatcher.watch(watch)
@@ -363,7 +361,6 @@ class Worker:
 
     def _after(self, why: str, error: Optional[BaseException]) -> None:
         """The runner is over: say why, give its batches back, boot the next one."""
-        self._watch = None
         reason, blame = self._why_ended(why, error)
         self.accepting = False
         if self.proc is not None:
