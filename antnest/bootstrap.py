@@ -81,6 +81,14 @@ def _build_stage2() -> bytes:
     return b"%d\n" % len(body) + body  # level 9: 4x the time, 2% smaller
 
 
+@functools.lru_cache(maxsize=None)
+def relay_stage2() -> bytes:
+    """Stage 2 of a relay (antnest.transport.relay): the same runner source, started in relay
+    mode; no cloudpickle, since a relay runs no task."""
+    body = zlib.compress(_RELAY_PRELUDE.format(source=inspect.getsource(runner)).encode("utf-8"), 6)
+    return b"%d\n" % len(body) + body
+
+
 # The runner becomes the module `antnest.runner` on the host, as it is here: pickles name its
 # helpers (Star, WithSelf, _rebuild_function) by that module on both sides.
 _PRELUDE = """import sys, types
@@ -92,3 +100,4 @@ sys.modules["antnest.runner"] = _runner
 exec(compile({source!r}, "<antnest runner>", "exec"), _runner.__dict__)
 _runner.main(shipped={shipped!r}, cloudpickle_version={version!r})
 """
+_RELAY_PRELUDE = _PRELUDE.split("_runner.main(")[0] + "_runner.relay_main()\n"

@@ -89,6 +89,11 @@ def _add_host_options(parser: argparse.ArgumentParser) -> None:
     hosts.add_argument("--allow-unchecked-host-keys", action="store_true",
                        help="let an ssh_config's StrictHostKeyChecking no through (unknown "
                             "keys accepted unrecorded, with a warning); refused without it")
+    hosts.add_argument("--relay", metavar="SPEC",
+                       help="reach hosts through relays that open their SSH connections: "
+                            "auto (one per 32 hosts), auto:N, a comma-separated list of "
+                            "inventory hosts, or none (all direct; overrides the inventory's "
+                            "relay:)")
     hosts.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                        help="per-host connect and handshake timeout (default 10)")
 
@@ -283,6 +288,7 @@ def _cluster_options(args: argparse.Namespace) -> dict:
         allow_unchecked_host_keys=args.allow_unchecked_host_keys,
         ssh_client=args.ssh_client,
         connect_timeout=args.connect_timeout,
+        relay=args.relay,
     )
 
 
@@ -442,7 +448,8 @@ def _selected_hosts(args: argparse.Namespace) -> list:
 
     if not _one_host_source(args):
         raise errors.UsageError(f"antnest {args.command} needs -i INVENTORY or -H HOSTS")
-    return resolve_hosts(args.inventory, args.hosts, args.limit, None, args.ssh_config)
+    return resolve_hosts(args.inventory, args.hosts, args.limit, None, args.ssh_config,
+                         args.relay)
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:
@@ -463,6 +470,8 @@ def cmd_inventory(args: argparse.Namespace) -> int:
             extras.append("key=" + ",".join(row["identity_files"]))
         if row["jump"]:
             extras.append("via " + " -> ".join(row["jump"]))
+        if row.get("relay"):
+            extras.append(f"relay={row['relay']}")
         if row["proxy_command"]:
             extras.append(f"proxy_command={row['proxy_command']!r}")
         if row.get("env"):  # names only: values may be secrets

@@ -144,6 +144,7 @@ class Cluster(Executor):
         forks: Optional[int] = None,
         max_procs_total: Optional[int] = None,
         forward_modules: Union[bool, Sequence[str]] = True,
+        relay: Optional[str] = None,
     ) -> None:
         if ssh_client not in ("paramiko", "openssh", "auto"):
             raise UsageError(f"ssh_client must be paramiko, openssh or auto, not {ssh_client!r}")
@@ -178,7 +179,7 @@ class Cluster(Executor):
             connect_timeout=connect_timeout,
             compress=compress,
         )
-        host_list = resolve_hosts(inventory, hosts, limit, procs, ssh_config)
+        host_list = resolve_hosts(inventory, hosts, limit, procs, ssh_config, relay)
         if max_procs_total is not None and max_procs_total < len(host_list):
             raise UsageError(f"max_procs_total {max_procs_total} is below the number of hosts "
                              f"({len(host_list)}): every host needs a runner; select fewer "
@@ -638,8 +639,9 @@ def _raising_remote_types(call: Call, timer: Optional[threading.Timer]) -> Itera
 
 def resolve_hosts(inventory: Optional[PathLike], hosts: Union[None, str, Sequence[Union[str, Host]]],
                   limit: Optional[str], procs: Optional[int],
-                  ssh_config: Optional[PathLike]) -> List[Host]:
-    """Hosts from an inventory file, a host list, or the local default."""
+                  ssh_config: Optional[PathLike], relay: Optional[str] = None) -> List[Host]:
+    """Hosts from an inventory file, a host list, or the local default; `relay` is
+    --relay's spec (antnest.inventory.relays)."""
     if procs is not None and procs < 1:
         raise UsageError("procs must be at least 1")
     if inventory is None and hosts is None:
@@ -657,6 +659,10 @@ def resolve_hosts(inventory: Optional[PathLike], hosts: Union[None, str, Sequenc
                                             ssh_config=ssh_config)
     if procs is not None:
         found = [dataclasses.replace(h, procs=procs) for h in found]
+    if relay is not None:
+        from antnest.inventory import relays
+
+        found = relays.assign(found, relay)
     if not found:
         raise UsageError("no hosts to run on")
     return found

@@ -76,6 +76,7 @@ class Host:
     identities_only: bool = False            # IdentitiesOnly: offer only identity_files
     ciphers: Optional[str] = None            # Ciphers, when ssh_config sets it; None = not set
     ssh_config: Optional[str] = None         # the ssh_config given with -F, for the ssh binary
+    relay: Optional["Host"] = None           # reached through a relay on this host (transport.relay)
 
     @property
     def local(self) -> bool:

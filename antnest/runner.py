@@ -91,6 +91,12 @@ class Kind(object):
     SOURCES = 12
     MODULE_REQUEST = 13
     MODULE = 14
+    RELAY_SETUP = 15   # relay mode (relay_main): what every stream it opens needs
+    RELAY_OPEN = 16
+    RELAY_DATA = 17
+    RELAY_CLOSE = 18
+    RELAY_KILL = 19
+    RELAY_EXIT = 20
 
     @classmethod
     def all(cls):
@@ -419,6 +425,74 @@ def decode_module(payload):
     return name, record, reason, distribution
 
 
+_STREAM = struct.Struct(">I")        # a relayed stream's id
+_EXIT = struct.Struct(">Ii")          # stream id, exit status (negative: killed by signal)
+KNOWN_HOSTS_TOKEN = "@antnest-known-hosts@"   # in a relayed argv: the relay's known_hosts file
+
+
+def encode_relay_setup(stage2, known_hosts):
+    """Once per relay: the runners' stage 2 (written to every stream opened with it, so it
+    crosses the relay's channel once) and the master's known_hosts lines (kept in memory
+    there, never in a file on the relay's disk)."""
+    return _pack_fields(stage2, known_hosts)
+
+
+def decode_relay_setup(payload):
+    """(stage2, known_hosts) as bytes"""
+    stage2, known_hosts = _unpack_fields(payload, 0, 2)
+    return stage2 or b"", known_hosts or b""
+
+
+def encode_relay_open(stream, argv, with_stage2):
+    """Start `argv` (an ssh command line) on the relay as stream `stream`."""
+    return _STREAM.pack(stream) + _pack_fields(b"1" if with_stage2 else b"0", "\0".join(argv))
+
+
+def decode_relay_open(payload):
+    """(stream, argv, with_stage2)"""
+    (stream,) = _STREAM.unpack_from(payload)
+    flag, argv = _unpack_fields(payload, _STREAM.size, 2)
+    return stream, _str(argv).split("\0"), flag == b"1"
+
+
+def relay_data_header(stream, size):
+    """The frame header and stream id before `size` bytes of a stream's data: the data
+    itself is sent after it uncopied. Empty data from the relay is the stream's EOF."""
+    return HEADER.pack(_STREAM.size + size, Kind.RELAY_DATA) + _STREAM.pack(stream)
+
+
+def encode_relay_data(stream, data):
+    return _STREAM.pack(stream) + bytes(data)
+
+
+def decode_relay_data(payload):
+    """(stream, data): data is a memoryview into the payload"""
+    (stream,) = _STREAM.unpack_from(payload)
+    return stream, memoryview(payload)[_STREAM.size:]
+
+
+def encode_relay_stream(stream):
+    """RELAY_CLOSE (EOF on its stdin, after what was sent) and RELAY_KILL carry the id."""
+    return _STREAM.pack(stream)
+
+
+def decode_relay_stream(payload):
+    return _STREAM.unpack(payload)[0]
+
+
+def encode_relay_exit(stream, status, stderr):
+    """A relayed process ended: its exit status and the tail of its stderr."""
+    if not isinstance(stderr, (bytes, bytearray)):
+        stderr = stderr.encode("utf-8", "replace")
+    return _EXIT.pack(stream, status) + bytes(stderr)
+
+
+def decode_relay_exit(payload):
+    """(stream, status, stderr text)"""
+    stream, status = _EXIT.unpack_from(payload)
+    return stream, status, str(payload[_EXIT.size:], "utf-8", "replace")
+
+
 def encode_empty():
     """PING and BYE carry nothing."""
     return b""
@@ -443,6 +517,12 @@ WIRE = {  # kind: (encode, decode), one pair per kind; tests check every Kind is
     Kind.SOURCES: (encode_sources, decode_sources),
     Kind.MODULE_REQUEST: (encode_module_request, decode_module_request),
     Kind.MODULE: (encode_module, decode_module),
+    Kind.RELAY_SETUP: (encode_relay_setup, decode_relay_setup),
+    Kind.RELAY_OPEN: (encode_relay_open, decode_relay_open),
+    Kind.RELAY_DATA: (encode_relay_data, decode_relay_data),
+    Kind.RELAY_CLOSE: (encode_relay_stream, decode_relay_stream),
+    Kind.RELAY_KILL: (encode_relay_stream, decode_relay_stream),
+    Kind.RELAY_EXIT: (encode_relay_exit, decode_relay_exit),
 }
 
 
@@ -1575,6 +1655,311 @@ def _grow_pipes(*fds):
             fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
         except (OSError, ValueError):
             pass
+
+
+# -- relay mode -------------------------------------------------------------------------------
+# A relay is this module started with relay_main() instead of main(): it runs no task. It
+# opens ssh sessions to the hosts behind it (the relay host's own ssh client, with the keys of
+# the master's agent, forwarded) and carries each session's stdin and stdout over its own
+# channel, tagged with a stream id; the runners' frames inside are the master's business.
+# Exactly-once and loss handling stay on the master: when the relay goes, its streams go.
+
+RELAY_READ = 1 << 18       # bytes read from a relayed stdout at once
+RELAY_STDERR = 8192        # bytes of a relayed stderr kept (the tail), for the master's errors
+RELAY_HEARTBEAT = 2.0      # seconds without a frame to the master before a PING
+
+
+class _RelayStream(object):
+    """One ssh process the relay runs: its pipes, what waits for its stdin, its stderr tail."""
+
+    def __init__(self, stream, proc):
+        self.stream = stream
+        self.proc = proc
+        self.pending = []          # bytes for its stdin, in order
+        self.closing = False       # RELAY_CLOSE came: EOF once pending is written
+        self.stdout_open = True
+        self.stderr_open = True
+        self.stderr = bytearray()
+        self.exit_sent = False
+
+
+class _Relay(object):
+    """The relay's one loop: a selector over the master's channel and every child's pipes."""
+
+    def __init__(self, proto_in, writer):
+        import selectors
+
+        self._selectors = selectors
+        self._in = proto_in
+        self._writer = writer
+        self._sel = selectors.DefaultSelector()
+        self._reader = FrameReader()
+        self._streams = {}
+        self._stage2 = b""
+        self._known_hosts_fd = None
+        self._last_sent = time.time()
+        self._running = True
+        # proto_in is read only when the selector says so (it may share its file with
+        # proto_out, which must stay blocking)
+        self._sel.register(proto_in, selectors.EVENT_READ, ("master", None))
+        _load_prctl()
+
+    # -- frames from the master -------------------------------------------------------------
+    def _on_master(self):
+        try:
+            data = os.read(self._in, 1 << 20)
+        except BlockingIOError:
+            return
+        if not data:
+            self._running = False
+            return
+        self._reader.feed(data)
+        while True:
+            found = self._reader.pop()
+            if found is None:
+                return
+            kind, payload = found
+            if kind == Kind.RELAY_DATA:
+                stream, chunk = decode_relay_data(payload)
+                child = self._streams.get(stream)
+                if child is not None and not child.closing:
+                    child.pending.append(bytes(chunk))
+                    self._flush(child)
+            elif kind == Kind.RELAY_OPEN:
+                self._open(*decode_relay_open(payload))
+            elif kind == Kind.RELAY_CLOSE:
+                child = self._streams.get(decode_relay_stream(payload))
+                if child is not None:
+                    child.closing = True
+                    self._flush(child)
+            elif kind == Kind.RELAY_KILL:
+                child = self._streams.get(decode_relay_stream(payload))
+                if child is not None:
+                    self._kill(child)
+            elif kind == Kind.RELAY_SETUP:
+                self._setup(*decode_relay_setup(payload))
+            elif kind == Kind.BYE:
+                self._running = False
+                return
+            # PING and anything newer: nothing to do
+
+    def _setup(self, stage2, known_hosts):
+        self._stage2 = stage2
+        if self._known_hosts_fd is not None:
+            os.close(self._known_hosts_fd)
+        memfd = getattr(os, "memfd_create", None)
+        if memfd is not None:
+            fd = memfd("antnest-known-hosts", 0)
+        else:  # Python < 3.8: a file unlinked at once, so nothing stays on the disk
+            import tempfile
+
+            handle = tempfile.TemporaryFile()
+            fd = os.dup(handle.fileno())
+            handle.close()
+        os.write(fd, known_hosts)
+        self._known_hosts_fd = fd
+
+    def _open(self, stream, argv, with_stage2):
+        import subprocess
+
+        if self._known_hosts_fd is not None:
+            # through the relay's own fd table: ssh closes every fd it inherits at start
+            path = "/proc/%d/fd/%d" % (os.getpid(), self._known_hosts_fd)
+            argv = [arg.replace(KNOWN_HOSTS_TOKEN, path) for arg in argv]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, bufsize=0,
+                                    preexec_fn=_die_with_parent)
+        except OSError as exc:
+            self._send_data(stream, b"")
+            self._send(Kind.RELAY_EXIT, encode_relay_exit(
+                stream, 127, ("relay: cannot start %s: %s" % (argv[0], exc)).encode()))
+            return
+        child = _RelayStream(stream, proc)
+        self._streams[stream] = child
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            os.set_blocking(pipe.fileno(), False)
+        _grow_pipes(proc.stdin.fileno(), proc.stdout.fileno())
+        EVENT_READ = self._selectors.EVENT_READ
+        self._sel.register(proc.stdout.fileno(), EVENT_READ, ("stdout", child))
+        self._sel.register(proc.stderr.fileno(), EVENT_READ, ("stderr", child))
+        if with_stage2 and self._stage2:
+            child.pending.append(self._stage2)
+        self._flush(child)
+
+    # -- a child's stdin ----------------------------------------------------------------------
+    def _flush(self, child):
+        stdin = child.proc.stdin
+        if stdin is None or stdin.closed:
+            child.pending = []
+            return
+        fd = stdin.fileno()
+        while child.pending:
+            chunk = child.pending[0]
+            try:
+                written = os.write(fd, chunk)
+            except BlockingIOError:
+                written = 0
+            except OSError:  # it is gone: its stdout says so
+                child.pending = []
+                self._close_stdin(child)
+                return
+            if written < len(chunk):
+                child.pending[0] = chunk[written:]
+                self._want_write(child, True)
+                return
+            del child.pending[0]
+        self._want_write(child, False)
+        if child.closing:
+            self._close_stdin(child)
+
+    def _want_write(self, child, wanted):
+        stdin = child.proc.stdin
+        if stdin is None or stdin.closed:
+            return
+        fd = stdin.fileno()
+        registered = fd in self._sel.get_map()
+        if wanted and not registered:
+            self._sel.register(fd, self._selectors.EVENT_WRITE, ("stdin", child))
+        elif not wanted and registered:
+            self._sel.unregister(fd)
+
+    def _close_stdin(self, child):
+        stdin = child.proc.stdin
+        if stdin is not None and not stdin.closed:
+            self._want_write(child, False)
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    # -- a child's output ---------------------------------------------------------------------
+    def _on_output(self, which, child):
+        pipe = child.proc.stdout if which == "stdout" else child.proc.stderr
+        try:
+            data = os.read(pipe.fileno(), RELAY_READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if which == "stdout":
+            self._send_data(child.stream, data)
+            if data:
+                return
+            child.stdout_open = False
+        elif data:
+            child.stderr += data
+            del child.stderr[:-RELAY_STDERR]
+            return
+        else:
+            child.stderr_open = False
+        self._sel.unregister(pipe.fileno())
+        pipe.close()
+
+    def _reap(self):
+        """Say how every child whose pipes are closed ended, once it has."""
+        for stream, child in list(self._streams.items()):
+            if child.stdout_open or child.stderr_open:
+                continue
+            status = child.proc.poll()
+            if status is None:
+                continue
+            self._close_stdin(child)
+            del self._streams[stream]
+            self._send(Kind.RELAY_EXIT, encode_relay_exit(stream, status, child.stderr))
+
+    def _kill(self, child):
+        child.pending = []
+        self._close_stdin(child)
+        if child.proc.poll() is None:
+            try:
+                child.proc.kill()
+            except OSError:
+                pass
+
+    # -- to the master ------------------------------------------------------------------------
+    def _send(self, kind, payload):
+        self._writer.send(kind, payload)
+        self._last_sent = time.time()
+
+    def _send_data(self, stream, data):
+        self._writer.send_parts(Kind.RELAY_DATA, [_STREAM.pack(stream), data])
+        self._last_sent = time.time()
+
+    def serve(self):
+        while self._running:
+            waiting = any(not (c.stdout_open or c.stderr_open) for c in self._streams.values())
+            timeout = 0.05 if waiting else max(0.0, self._last_sent + RELAY_HEARTBEAT - time.time())
+            for key, _ in self._sel.select(timeout):
+                which, child = key.data
+                if which == "master":
+                    self._on_master()
+                elif which == "stdin":
+                    self._flush(child)
+                else:
+                    self._on_output(which, child)
+            if waiting:
+                self._reap()
+            if time.time() - self._last_sent >= RELAY_HEARTBEAT:
+                self._send(Kind.PING, b"")
+        for child in list(self._streams.values()):
+            self._kill(child)
+
+
+_PRCTL = []   # libc's prctl, loaded before the first fork (not in the child)
+
+
+def _load_prctl():
+    if not _PRCTL and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            _PRCTL.append(ctypes.CDLL(None).prctl)
+        except (OSError, AttributeError, ImportError):
+            pass
+
+
+def _die_with_parent():
+    """preexec_fn of a relayed ssh: SIGKILL when the relay dies, however it dies (Linux)."""
+    if _PRCTL:
+        _PRCTL[0](1, SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
+
+
+def relay_main():
+    """Entry point of a relay's stage 2 (bootstrap.relay_stage2): HELLO, then carry streams."""
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    fatal_fd = os.dup(2)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    for fd in (proto_in, proto_out, fatal_fd):
+        os.set_inheritable(fd, False)
+    _grow_pipes(proto_in, proto_out)
+    writer = _Writer(proto_out)
+    hello = _hello_info("missing")
+    hello["role"] = "relay"
+    writer.send(Kind.HELLO, encode_hello(hello))
+    try:
+        import _signal
+
+        for signum in (SIGHUP, SIGTERM):
+            _signal.signal(signum, _on_signal)
+    except (ImportError, AttributeError, ValueError, OSError):
+        pass
+    try:
+        _Relay(proto_in, writer).serve()
+    except BaseException:
+        import traceback
+
+        text = traceback.format_exc()
+        try:
+            writer.send(Kind.FATAL, encode_fatal(text))
+        finally:
+            os.write(fatal_fd, text.encode())
+            _exit_now(2)
+    _exit_now(0)
 
 
 def main(shipped=None, cloudpickle_version=None):

@@ -32,6 +32,12 @@ SAMPLES = {
                   ("helpers", "Name: helpers\nVersion: 1.0\n")),
     Kind.PING: (),
     Kind.BYE: (),
+    Kind.RELAY_SETUP: (b"12\nstage2", b"[10.0.0.5]:22 ssh-ed25519 AAAA\n"),
+    Kind.RELAY_OPEN: (7, ["ssh", "-p", "22", "--", "10.0.0.5", "python3 -B -c 'x y'"], True),
+    Kind.RELAY_DATA: (7, b"\x00frame bytes"),
+    Kind.RELAY_CLOSE: (7,),
+    Kind.RELAY_KILL: (2 ** 32 - 1,),
+    Kind.RELAY_EXIT: (7, 255, "Host key verification failed."),
 }
 
 
@@ -134,7 +140,7 @@ def test_statuses_are_one_list_shared_by_errors_and_readme() -> None:
 
 
 RUNNER_TO_MASTER = (Kind.HELLO, Kind.LOG, Kind.PING, Kind.TIMEOUT, Kind.FATAL, Kind.SETUP_FAILED,
-                    Kind.UNDECODABLE, Kind.MODULE_REQUEST)
+                    Kind.UNDECODABLE, Kind.MODULE_REQUEST, Kind.RELAY_DATA, Kind.RELAY_EXIT)
 EXECUTED: list = []
 
 

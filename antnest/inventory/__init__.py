@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 from ..errors import InventoryError
 from ..host import LOCAL, Host
 from ..patterns import select
+from . import relays
 from .values import PathArg, _Entry, _yaml
 from .native import _native, _parse_host_list
 from .ansible import _INI_SECTION, _text_of, read_ansible
@@ -63,6 +64,9 @@ def load_hosts(
     ssh = _SshConfig(_ssh_config_path(ssh_config))
     ssh.prefetch(e.name for e in entries if e.settings.get("transport", "ssh") == "ssh")
     hosts = [_finish(ssh.resolve(entry, source), entry) for entry in entries]
+    wanted = {e.name: e.settings["relay"] for e in entries if "relay" in e.settings}
+    if wanted:
+        hosts = relays.attach(hosts, wanted, source)
     if limit is not None:
         hosts = select(hosts, limit, members)
     refused = {entry.name: entry.refusal for entry in entries if entry.refusal}
@@ -103,6 +107,7 @@ def describe(hosts: Iterable[Host]) -> List[Dict[str, Any]]:
             "workdir": h.workdir,
             "transport": h.transport,
             "ssh_client": h.ssh_client,
+            "relay": h.relay.name if h.relay is not None else None,
             "source": h.source,
         }
         for h in hosts

@@ -16,7 +16,7 @@ import sys
 from typing import Any, Dict, List, Mapping, Set, Tuple
 
 from .values import (
-    _Bad, _paths, _port, _port_text, _procs, _proxy_command, _proxy_jump, _seconds, _text,
+    _Bad, _name, _paths, _port, _port_text, _procs, _proxy_command, _proxy_jump, _seconds, _text,
     _Vaulted
 )
 
@@ -36,6 +36,7 @@ FIELDS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("ssh_common_args", ("ansible_ssh_common_args",)),
     ("ssh_extra_args", ("ansible_ssh_extra_args",)),
     ("procs", ("antnest_procs",)),
+    ("relay", ("antnest_relay",)),
 )
 """Every Ansible variable antnest reads; all others are Ansible's business and ignored."""
 
@@ -152,6 +153,7 @@ _CONVERT = {
     "identity_files": _key_files,
     "connect_timeout": lambda v: _seconds(ansible_int(v)),
     "procs": lambda v: _procs(v if v == "auto" else ansible_int(v)),
+    "relay": lambda v: _name(_string(v)),
 }
 
 

@@ -18,7 +18,7 @@ Hop = Tuple[Optional[str], str, Optional[int]]   # (user, host, port) of one Pro
 
 _SETTINGS = ("address", "port", "user", "python", "procs", "identity_file", "proxy_jump",
             "proxy_command", "connect_timeout", "server_alive_interval", "env", "workdir",
-            "ssh_client")
+            "ssh_client", "relay")
 """Keys an inventory may set, per host or in ``defaults``."""
 
 
@@ -145,6 +145,7 @@ _CHECKS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {   # inventory key -> (H
     "env": ("env", _env),
     "workdir": ("workdir", _text),
     "ssh_client": ("ssh_client", lambda v: _choice(v, ("paramiko", "openssh", "auto"))),
+    "relay": ("relay", _name),
 }
 
 

@@ -85,8 +85,9 @@ class Connection(Protocol):
         """Establish the link (again, after is_alive() went False); raises a HostError saying
         why it cannot."""
 
-    def open_runner(self, label: str) -> RunnerProcess:
-        """Start one runner (booted by bootstrap.py) on the host; raises a HostError."""
+    def open_runner(self, label: str, stage2: Optional[bytes] = None) -> RunnerProcess:
+        """Start one runner (booted by bootstrap.py) on the host; raises a HostError.
+        `stage2` replaces the runner's stage 2 (a relay's: bootstrap.relay_stage2)."""
 
     def is_alive(self) -> bool:
         """False once the link is gone: runners cannot be opened, and a runner that just
@@ -148,6 +149,7 @@ class SshOptions:
     connect_timeout: float = 10.0
     keepalive: float = 5.0                 # ServerAliveInterval when the host sets none
     compress: bool = False
+    forward_agent: Optional[str] = None    # an agent socket to forward (a relay's link only)
 
     def known_hosts_files(self) -> List[str]:
         files = [os.path.expanduser("~/.ssh/known_hosts")]
@@ -174,8 +176,12 @@ def ssh_client_for(host: "Host", options: SshOptions) -> str:
 
 
 def ssh_connection(host: Host, options: "SshOptions") -> Connection:
-    """The connection of the chosen client (paramiko's or the ssh binary's); paramiko loads
-    only when a host uses it."""
+    """The connection of the chosen client (paramiko's or the ssh binary's, or the ssh binary
+    of the host's relay); paramiko loads only when a host uses it."""
+    if host.relay is not None:
+        from antnest.transport.relay import RelayedConnection
+
+        return RelayedConnection(host, options)
     if ssh_client_for(host, options) == "openssh":
         from antnest.transport.openssh import OpenSshConnection
 

@@ -29,8 +29,8 @@ class LocalConnection:
     def connect(self) -> None:
         pass
 
-    def open_runner(self, label: str) -> "LocalProcess":
-        return LocalProcess(label, self._python)
+    def open_runner(self, label: str, stage2: Optional[bytes] = None) -> "LocalProcess":
+        return LocalProcess(label, self._python, stage2)
 
     def is_alive(self) -> bool:
         return True
@@ -66,7 +66,8 @@ KILL_GRACE = 1.0   # seconds a runner gets to stop its descendants after stdin c
 class LocalProcess(ChildStdout):
     """One runner in a child process; stage 2 goes over its stdin like over SSH."""
 
-    def __init__(self, label: str = "local", python: Optional[str] = None) -> None:
+    def __init__(self, label: str = "local", python: Optional[str] = None,
+                 stage2: Optional[bytes] = None) -> None:
         self.label = label
         interpreter = python or sys.executable
         # stderr (only what kills a runner: a bad interpreter, a crash) goes to an unlinked
@@ -89,7 +90,7 @@ class LocalProcess(ChildStdout):
         assert self._proc.stdin and self._proc.stdout  # PIPE, both
         self._attach_stdout()
         self._out = outgoing.pipe_writer(label, self._proc.stdin, lambda exc: self.kill())
-        self.send(bootstrap.stage2())
+        self.send(stage2 or bootstrap.stage2())
 
     def send(self, *chunks: bytes) -> None:
         self._out.send(*chunks)

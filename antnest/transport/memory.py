@@ -110,7 +110,7 @@ class MemoryConnection:
             raise script.refuse
         script.link_up = True
 
-    def open_runner(self, label: str) -> "MemoryProcess":
+    def open_runner(self, label: str, stage2: Optional[bytes] = None) -> "MemoryProcess":
         if not self.script.link_up:
             self.connect()
         process = MemoryProcess(label, self.script, self.host)

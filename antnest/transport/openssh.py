@@ -185,8 +185,9 @@ def _quote_option(path: str) -> str:
     return f'"{path}"' if " " in path else path
 
 
-def ssh_args(host: Host, options: SshOptions) -> List[str]:
-    """Options for every ssh process of ``host`` (master and sessions alike)."""
+def host_key_policy(host: Host, options: SshOptions) -> "tuple[str, List[str]]":
+    """(StrictHostKeyChecking, UserKnownHostsFile list) for ``host``; refuses ``no`` unless
+    the run opted in."""
     checking = host.host_key_checking
     if checking == "no" and not options.allow_unchecked_host_keys:
         raise HostKeyError(
@@ -206,6 +207,12 @@ def ssh_args(host: Host, options: SshOptions) -> List[str]:
     else:
         checking = "accept-new" if (options.accept_new_host_keys
                                     or checking == "accept-new") else "yes"
+    return checking, known
+
+
+def ssh_args(host: Host, options: SshOptions) -> List[str]:
+    """Options for every ssh process of ``host`` (master and sessions alike)."""
+    checking, known = host_key_policy(host, options)
     timeout = host.connect_timeout or options.connect_timeout
     interval = host.server_alive_interval or options.keepalive
     args: List[str] = []
@@ -230,6 +237,8 @@ def ssh_args(host: Host, options: SshOptions) -> List[str]:
             args += ["-o", f"Ciphers={preferred}"]
     if options.compress:
         args += ["-C"]
+    if options.forward_agent:
+        args += ["-o", "ForwardAgent=" + _quote_option(options.forward_agent)]
     if host.user:
         args += ["-l", host.user]
     for path in host.identity_files:
@@ -358,8 +367,8 @@ def _keygen_fingerprint(key_line: str) -> Optional[str]:
 
 def _scan_fingerprint(host: Host) -> Optional[str]:
     """The unknown key's fingerprint, for the message (ssh with strict checking omits it)."""
-    if host.jump or host.proxy_command:
-        return None
+    if host.jump or host.proxy_command or host.relay is not None:
+        return None   # the master may not reach it directly
     try:
         done = subprocess.run(["ssh-keyscan", "-p", str(host.port), "-T", "5", host.address],
                               capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
@@ -494,14 +503,14 @@ class OpenSshConnection:
         return (self._master is not None and self._master.poll() is None
                 and self._socket is not None and os.path.exists(self._socket))
 
-    def open_runner(self, label: str) -> "OpenSshProcess":
+    def open_runner(self, label: str, stage2: Optional[bytes] = None) -> "OpenSshProcess":
         if not self.is_alive():
             self.connect()
         assert self._socket is not None
         argv = (["ssh", "-S", self._socket, "-o", "ControlMaster=no", "-T"]
                 + ssh_args(self.host, self.options)
                 + ["--", self.host.name, bootstrap.command(self.host.python)])
-        return OpenSshProcess(label, argv, self)
+        return OpenSshProcess(label, argv, self, stage2)
 
     def run_command(self, command: str, output: OutputSink, timeout: Optional[float],
                     stop: threading.Event) -> CommandExit:
@@ -557,7 +566,8 @@ class OpenSshConnection:
 class OpenSshProcess(ChildStdout):
     """A runner as an ssh session over the master: pipes to and from the ssh process."""
 
-    def __init__(self, label: str, argv: List[str], conn: OpenSshConnection) -> None:
+    def __init__(self, label: str, argv: List[str], conn: OpenSshConnection,
+                 stage2: Optional[bytes] = None) -> None:
         self.label = label
         self._conn = conn
         # ssh's stderr (its own errors, the runner's fatal words) goes to an unlinked file
@@ -571,7 +581,7 @@ class OpenSshProcess(ChildStdout):
             _grow_pipe(fd)
         self._out = outgoing.pipe_writer(label, self._proc.stdin, lambda exc: self.kill())
         try:
-            self.send(bootstrap.stage2())
+            self.send(stage2 or bootstrap.stage2())
         except OSError:   # ssh or the command already ended: recv sees EOF, diagnose says why
             pass
 

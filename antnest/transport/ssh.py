@@ -261,7 +261,7 @@ class SshConnection:
         return bool(transport is not None and transport.is_active())
 
     # -- runners --------------------------------------------------------------------------
-    def open_runner(self, label: str) -> "SshProcess":
+    def open_runner(self, label: str, stage2: Optional[bytes] = None) -> "SshProcess":
         if self._conn is None or not self.is_alive():
             self.connect()
         assert self._conn is not None
@@ -272,7 +272,7 @@ class SshConnection:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(self.host.name, f"cannot open a session channel: {exc}",
                                status=HostStatus.UNREACHABLE) from None
-        return SshProcess(label, channel, self.host.python)
+        return SshProcess(label, channel, self.host.python, stage2, self.options.forward_agent)
 
     def run_command(self, command: str, output: OutputSink, timeout: Optional[float],
                     stop: threading.Event) -> CommandExit:
@@ -524,7 +524,8 @@ def _tcp(host: Host, timeout: Optional[float]) -> socket.socket:
 class SshProcess:
     """A runner in an exec channel: stdin/stdout carry frames, stderr only fatal messages."""
 
-    def __init__(self, label: str, channel: paramiko.Channel, python: str) -> None:
+    def __init__(self, label: str, channel: paramiko.Channel, python: str,
+                 stage2: Optional[bytes] = None, agent: Optional[str] = None) -> None:
         self.label = label
         self._channel = channel
         # readable when stdout has bytes or ended (paramiko's own fileno() also wakes on
@@ -533,9 +534,11 @@ class SshProcess:
         channel.in_buffer.set_event(self._event)
         self._out = outgoing.Outgoing(label, self._try_write, self._wait_window, self._shut,
                                       lambda exc: self.kill())
+        if agent is not None:
+            channel.request_forward_agent(lambda remote: forward_agent(remote, agent))
         channel.exec_command(bootstrap.command(python))
         try:
-            channel.sendall(bootstrap.stage2())
+            channel.sendall(stage2 or bootstrap.stage2())
         except (OSError, EOFError, paramiko.SSHException):
             # The command died at once (no such interpreter): the reader sees EOF next, and
             # diagnose() reads its exit status and stderr, which are what to report.
@@ -610,6 +613,38 @@ class SshProcess:
         if code == -1:  # paramiko's word for "ended by a signal" (it drops which one)
             return describe_exit(None, stderr, "killed by a signal")
         return describe_exit(code, stderr, None if ready else "no exit status yet")
+
+def forward_agent(channel: paramiko.Channel, agent: str) -> None:
+    """The host opened an agent channel (its ssh asks our agent to sign): join it to the
+    agent socket `agent` on a short-lived thread (one per authentication, not per host)."""
+    def pump() -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(agent)
+            while True:
+                ready, _, _ = select.select([sock, channel], [], [], AGENT_IDLE)
+                if not ready:
+                    return
+                if sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    channel.sendall(data)
+                if channel in ready:
+                    data = channel.recv(65536)
+                    if not data:
+                        return
+                    sock.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            log.debug("agent forwarding to %s ended: %s", agent, exc)
+        finally:
+            sock.close()
+            channel.close()
+    threading.Thread(target=pump, name="antnest-agent", daemon=True).start()
+
+
+AGENT_IDLE = 60.0   # seconds an agent channel may stay quiet before it is closed
+
 
 class ShellProxyCommand(paramiko.ProxyCommand):
     """ProxyCommand run as OpenSSH runs it: ``exec`` through the user's shell, so pipes,
