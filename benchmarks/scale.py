@@ -15,6 +15,7 @@ Every figure comes from a fresh interpreter (a child process), imports included,
              the whole machine spent meanwhile (the hosts' sshd and runners share it), master
              threads, master RSS, master CPU to connect, and master CPU per host per second while
              idle afterwards (5 s of doing nothing).
+* relays     the same N hosts through 4 and 8 relays (--relay auto:N/K): all up, master CPU.
 * check      `antnest check` on N hosts: wall time.
 * inventory  resolving 2,000 hosts whose ssh_config has one Host block each (no SSH at all).
 
@@ -56,7 +57,7 @@ def _machine_cpu() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
 
 
-def child_up(inventory: str, known_hosts: str) -> Dict[str, Any]:
+def child_up(inventory: str, known_hosts: str, relay: str = "none") -> Dict[str, Any]:
     import threading
 
     t0 = time.perf_counter()
@@ -64,7 +65,8 @@ def child_up(inventory: str, known_hosts: str) -> Dict[str, Any]:
     machine0 = _machine_cpu()
     import antnest
 
-    cluster = antnest.Cluster(inventory, known_hosts=[known_hosts], procs=1, connect_timeout=30)
+    cluster = antnest.Cluster(inventory, known_hosts=[known_hosts], procs=1, connect_timeout=30,
+                              relay=relay)
     states = cluster.wait_for_hosts(timeout=300)
     up = time.perf_counter() - t0
     connect_cpu = time.process_time() - cpu0
@@ -103,7 +105,7 @@ def child_inventory(count: int) -> Dict[str, Any]:
 
 def child_main(argv: List[str]) -> None:
     kind = argv[0]
-    result = child_up(argv[1], argv[2]) if kind == "up" else child_inventory(int(argv[1]))
+    result = child_up(*argv[1:]) if kind == "up" else child_inventory(int(argv[1]))
     print(TAG + json.dumps(result), flush=True)
 
 
@@ -145,6 +147,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", default="16,64,200")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--relays", default="4,8",
+                        help="also bring every size up through this many relays (--relay "
+                             "auto:N); '' for direct only")
     parser.add_argument("--child", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     if args.child:
@@ -206,6 +211,20 @@ def main() -> int:
                 rows.append(f"| {n} hosts: `antnest check` | {check['exit']:.2f} s, "
                             f"{statuses.count('ok')}/{n} ok |")
                 print(rows[-2], rows[-1], sep="\n", file=sys.stderr, flush=True)
+                for relays in [int(k) for k in args.relays.split(",") if k and not args.quick]:
+                    share = -(-n // relays)
+                    time.sleep(1.0)
+                    via = run_child(["up", str(inv), str(fleet.known_hosts), f"auto:{share}"],
+                                    env)
+                    rows.append(
+                        f"| {n} hosts through {relays} relays (auto:{share}): all up | "
+                        f"{via['all_up_s']:.2f} s ({up['all_up_s'] / via['all_up_s']:.2f}x "
+                        f"direct's speed), {via['connected']}/{n} connected, "
+                        f"{via['threads']} master threads, {via['fds']} fds, RSS "
+                        f"{via['rss_mb']:.0f} MB, master connect CPU "
+                        f"{via['connect_cpu_s']:.2f} s ({1000 * via['connect_cpu_s'] / n:.1f} "
+                        f"ms/host; direct {1000 * up['connect_cpu_s'] / n:.1f}) |")
+                    print(rows[-1], file=sys.stderr, flush=True)
                 time.sleep(1.0)
     for count in (200, 2000):
         plain = dict(os.environ, PYTHONPATH=str(ROOT))
