@@ -1906,7 +1906,7 @@ class _Relay(object):
             self._kill(child)
 
 
-_PRCTL = []   # libc's prctl, loaded before the first fork (not in the child)
+_PRCTL = []  # type: list  # libc's prctl, loaded before the first fork (not in the child)
 
 
 def _load_prctl():

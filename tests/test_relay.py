@@ -137,3 +137,19 @@ def _slow_square(x: int) -> int:
 
     time.sleep(0.02)
     return x * x
+
+
+def test_the_relay_link_over_the_openssh_client(relay_fleet: SshdFleet, tmp_path: Path,
+                                                run_cli) -> None:
+    """The agent is forwarded over an openssh ControlMaster session as over paramiko."""
+    import json
+
+    inventory = relay_fleet.write_inventory(tmp_path / "hosts.yaml",
+                                            names=["fleet1", "fleet2", "fleet3"])
+    done = run_cli("check", *fleet_args(relay_fleet, inventory), "--ssh-client", "openssh",
+                   "--relay", "fleet1", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {row["host"] if "host" in row else row["name"]: row for row in json.loads(done.stdout)}
+    assert {name: row["status"] for name, row in rows.items()} == \
+        {"fleet1": "ok", "fleet2": "ok", "fleet3": "ok"}
+    assert "via fleet1" in json.dumps(rows["fleet2"]), rows["fleet2"]

@@ -66,9 +66,11 @@ def assign(hosts: Sequence[Host], spec: Optional[str]) -> List[Host]:
             raise UsageError(f"--relay {spec}: a relay needs at least one host behind it "
                              "(auto:N with N of 2 or more)")
         relays: Dict[str, Host] = {}
+        leader = None
         for i, host in enumerate(remote):
             if i % share == 0:
                 leader = dataclasses.replace(host, relay=None)
+            assert leader is not None
             relays[host.name] = leader
     else:
         names = [n.strip() for n in spec.split(",") if n.strip()]
@@ -91,9 +93,9 @@ def assign(hosts: Sequence[Host], spec: Optional[str]) -> List[Host]:
             relays[relay.name] = relay
     out = []
     for host in hosts:
-        relay = relays.get(host.name)
-        if relay is None or relay.name == host.name:
-            out.append(dataclasses.replace(host, relay=None) if relay is not None else host)
-        else:
-            out.append(dataclasses.replace(host, relay=relay))
+        via = relays.get(host.name)
+        if via is None:
+            out.append(host)
+        else:   # a relay itself is reached directly
+            out.append(dataclasses.replace(host, relay=None if via.name == host.name else via))
     return out

@@ -41,8 +41,8 @@ from antnest.host import Host, HostStatus
 from antnest.inventory.ssh_options import (DEFAULT_GLOBAL_KNOWN_HOSTS,
                                            DEFAULT_USER_KNOWN_HOSTS, ssh_user)
 from antnest.runner import FrameReader, Kind
-from antnest.transport import (CommandExit, OutputSink, SshOptions, describe_exit,
-                               link_errors, open_connection)
+from antnest.transport import (CommandExit, Connection, OutputSink, RunnerProcess,
+                               SshOptions, describe_exit, link_errors, open_connection)
 from antnest.transport.handshakes import HandshakeWindow
 
 log = logging.getLogger(__name__)
@@ -237,8 +237,8 @@ class RelayLink:
         self.epoch = 0                    # +1 per relay started: streams of an older one are lost
         self._lock = threading.Lock()     # connecting, and the streams table
         self._reader_alive = False
-        self._conn = None
-        self._proc = None
+        self._conn: Optional[Connection] = None
+        self._proc: Optional[RunnerProcess] = None
         self._streams: Dict[int, RelayedProcess] = {}
         self._ids = itertools.count(1)
         self._identity_files: List[str] = []
@@ -339,6 +339,7 @@ class RelayLink:
             proc = RelayedProcess(label, self, stream, host)
             self._streams[stream] = proc
             relay = self._proc
+            assert relay is not None
         payload = runner.encode_relay_open(stream, argv, with_stage2)
         try:
             relay.send(*runner.frame(Kind.RELAY_OPEN, payload))
@@ -364,9 +365,9 @@ class RelayLink:
             pass   # the relay is gone: the stream ends with it
 
     # -- the relay's frames ---------------------------------------------------------------
-    def _read(self, proc: object, reader: FrameReader, epoch: int) -> None:
+    def _read(self, proc: RunnerProcess, reader: FrameReader, epoch: int) -> None:
         why = "its channel closed"
-        proc.set_timeout(RELAY_SILENCE)  # type: ignore[attr-defined]
+        proc.set_timeout(RELAY_SILENCE)
         try:
             while True:
                 found = reader.next()
@@ -404,7 +405,7 @@ class RelayLink:
         for target in streams.values():
             target._exit(None, "", why)
         try:
-            proc.kill()  # type: ignore[attr-defined]
+            proc.kill()
         except link_errors():
             pass
 
@@ -503,9 +504,11 @@ class RelayedConnection:
         self._lock = threading.Lock()
         self._epoch = -1
         self._first: Optional[RelayedProcess] = None
-        self._args = relayed_ssh_args(host, options)
+        self._args: Optional[List[str]] = None
 
     def _argv(self, command: str) -> List[str]:
+        if self._args is None:   # may refuse (a ProxyJump too, StrictHostKeyChecking no)
+            self._args = relayed_ssh_args(self.host, self.options)
         return ["ssh"] + self._args + ["--", self.host.address, command]
 
     def connect(self) -> None:
@@ -514,6 +517,7 @@ class RelayedConnection:
         with self._lock:
             if self.is_alive():
                 return
+            self._argv("")   # refuses what cannot go through a relay before it starts
             epoch = self._link.ensure(self.host.name)
             first = self._open_started("connect")
             status = None if first._inbox.has_data else first.exit_status()  # ended unheard
@@ -583,8 +587,9 @@ class RelayedConnection:
         (the relay keeps the last 8 KiB of it)."""
         from antnest.transport import STOP_CHECK
 
+        argv = self._argv(command)
         self._link.ensure(self.host.name)
-        proc = self._link.open("exec", self.host, self._argv(command), with_stage2=False)
+        proc = self._link.open("exec", self.host, argv, with_stage2=False)
         proc.close()
         deadline = None if timeout is None else time.monotonic() + timeout
         timed_out = stopped = False
