@@ -1747,16 +1747,9 @@ class _Relay(object):
         self._stage2 = stage2
         if self._known_hosts_fd is not None:
             os.close(self._known_hosts_fd)
-        memfd = getattr(os, "memfd_create", None)
-        if memfd is not None:
-            fd = memfd("antnest-known-hosts", 0)
-        else:  # Python < 3.8: a file unlinked at once, so nothing stays on the disk
-            import tempfile
-
-            handle = tempfile.TemporaryFile()
-            fd = os.dup(handle.fileno())
-            handle.close()
-        os.write(fd, known_hosts)
+        fd = _memfd("antnest-known-hosts")
+        while known_hosts:
+            known_hosts = known_hosts[os.write(fd, known_hosts):]
         self._known_hosts_fd = fd
 
     def _open(self, stream, argv, with_stage2):
@@ -1904,6 +1897,20 @@ class _Relay(object):
                 self._send(Kind.PING, b"")
         for child in list(self._streams.values()):
             self._kill(child)
+
+
+def _memfd(name):
+    """A file in memory only (Linux): os.memfd_create, or libc's on Python < 3.8."""
+    create = getattr(os, "memfd_create", None)
+    if create is not None:
+        return create(name, 0)
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.memfd_create(name.encode(), 0)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "memfd_create failed: a relay needs Linux 3.17+")
+    return fd
 
 
 _PRCTL = []  # type: list  # libc's prctl, loaded before the first fork (not in the child)

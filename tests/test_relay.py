@@ -111,17 +111,16 @@ def test_losing_the_relay_loses_its_hosts_and_no_taskunit(relay_fleet: SshdFleet
                                                            tmp_path: Path) -> None:
     """The relay's sshd dies mid-run: every host behind it is lost with it, their taskunits
     go to the host left (fleet18), and each result comes exactly once."""
-    import threading
-
     inventory = _inventory(relay_fleet, tmp_path / "hosts.yaml")
     try:
         with antnest.Cluster(inventory, known_hosts=[relay_fleet.known_hosts], procs=1,
                              max_lost=100) as cluster:
             cluster.wait_for_hosts(60)
-            killer = threading.Timer(1.0, relay_fleet.kill_host, args=("fleet1",))
-            killer.start()
-            results = list(cluster.map(_slow_square, range(400), chunksize=1))
-            killer.join()
+            results = []
+            for value in cluster.map(_slow_square, range(400), chunksize=1):
+                results.append(value)
+                if len(results) == 40:   # mid-run, with every host busy
+                    relay_fleet.kill_host("fleet1")
             states = {s.name: s for s in cluster.hosts}
         assert results == [i * i for i in range(400)]
         assert states["fleet18"].state == "connected"
@@ -135,7 +134,7 @@ def test_losing_the_relay_loses_its_hosts_and_no_taskunit(relay_fleet: SshdFleet
 def _slow_square(x: int) -> int:
     import time
 
-    time.sleep(0.02)
+    time.sleep(0.05)
     return x * x
 
 
@@ -153,3 +152,44 @@ def test_the_relay_link_over_the_openssh_client(relay_fleet: SshdFleet, tmp_path
     assert {name: row["status"] for name, row in rows.items()} == \
         {"fleet1": "ok", "fleet2": "ok", "fleet3": "ok"}
     assert "via fleet1" in json.dumps(rows["fleet2"]), rows["fleet2"]
+
+
+@pytest.mark.parametrize("minor", ["3.6", "3.13"])
+def test_relay_mode_on_old_and_new_pythons(minor: str) -> None:
+    """The relay loop itself, on a host's 3.6 or 3.13 (a local process, no SSH): stage 2 is
+    written into a stream it opens, the known_hosts token names a file in memory holding the
+    lines, stdout comes back tagged with the stream id, then the EOF and the exit status."""
+    from test_anypython import interpreters
+
+    from antnest import bootstrap, runner
+    from antnest.runner import FrameReader, Kind
+    from antnest.transport.local import LocalProcess
+
+    python = interpreters()[minor]
+    relay = LocalProcess("relay", python, bootstrap.relay_stage2())
+    try:
+        relay.set_timeout(30)
+        reader = FrameReader(relay.recv)
+        kind, payload = reader.next()
+        hello = runner.decode_hello(payload)
+        assert kind == Kind.HELLO and hello["role"] == "relay"
+        assert ".".join(map(str, hello["python"][:2])) == minor
+        relay.send(*runner.frame(Kind.RELAY_SETUP, runner.encode_relay_setup(
+            b"STAGE2", b"[10.0.0.5]:22 ssh-ed25519 AAAA\n")))
+        script = f"cat {runner.KNOWN_HOSTS_TOKEN}; head -c 6; exit 3"
+        relay.send(*runner.frame(Kind.RELAY_OPEN,
+                                 runner.encode_relay_open(9, ["sh", "-c", script], True)))
+        out = b""
+        while True:
+            kind, payload = reader.next()
+            if kind == Kind.RELAY_DATA:
+                stream, data = runner.decode_relay_data(payload)
+                assert stream == 9
+                out += bytes(data)
+            elif kind == Kind.RELAY_EXIT:
+                assert runner.decode_relay_exit(payload)[:2] == (9, 3)
+                break
+        assert out == b"[10.0.0.5]:22 ssh-ed25519 AAAA\nSTAGE2"
+    finally:
+        relay.kill()
+        relay.release()
