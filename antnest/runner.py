@@ -1642,6 +1642,17 @@ def _on_signal(signum, frame):
     _exit_now(128 + signum)
 
 
+def _exit_on_signals():
+    """sshd or the master stopping us (SIGHUP, SIGTERM): clean up first, then exit."""
+    try:
+        import _signal
+
+        for signum in (SIGHUP, SIGTERM):
+            _signal.signal(signum, _on_signal)
+    except (ImportError, AttributeError, ValueError, OSError):
+        pass
+
+
 def _grow_pipes(*fds):
     """Protocol pipes of 1 MiB instead of 64 KiB (Linux): a bulk frame crosses in a few
     wake-ups of the sshd in front of us instead of one per 64 KiB. Not a pipe, or not allowed:
@@ -1680,7 +1691,6 @@ class _RelayStream(object):
         self.stdout_open = True
         self.stderr_open = True
         self.stderr = bytearray()
-        self.exit_sent = False
 
 
 class _Relay(object):
@@ -1695,6 +1705,7 @@ class _Relay(object):
         self._sel = selectors.DefaultSelector()
         self._reader = FrameReader()
         self._streams = {}
+        self._ended = set()      # streams whose pipes are closed: RELAY_EXIT once reaped
         self._stage2 = b""
         self._known_hosts_fd = None
         self._last_sent = time.time()
@@ -1706,10 +1717,7 @@ class _Relay(object):
 
     # -- frames from the master -------------------------------------------------------------
     def _on_master(self):
-        try:
-            data = os.read(self._in, 1 << 20)
-        except BlockingIOError:
-            return
+        data = os.read(self._in, 1 << 20)
         if not data:
             self._running = False
             return
@@ -1848,17 +1856,19 @@ class _Relay(object):
             child.stderr_open = False
         self._sel.unregister(pipe.fileno())
         pipe.close()
+        if not (child.stdout_open or child.stderr_open):
+            self._ended.add(child.stream)
 
     def _reap(self):
         """Say how every child whose pipes are closed ended, once it has."""
-        for stream, child in list(self._streams.items()):
-            if child.stdout_open or child.stderr_open:
-                continue
+        for stream in list(self._ended):
+            child = self._streams[stream]
             status = child.proc.poll()
             if status is None:
                 continue
             self._close_stdin(child)
             del self._streams[stream]
+            self._ended.discard(stream)
             self._send(Kind.RELAY_EXIT, encode_relay_exit(stream, status, child.stderr))
 
     def _kill(self, child):
@@ -1881,7 +1891,7 @@ class _Relay(object):
 
     def serve(self):
         while self._running:
-            waiting = any(not (c.stdout_open or c.stderr_open) for c in self._streams.values())
+            waiting = bool(self._ended)
             timeout = 0.05 if waiting else max(0.0, self._last_sent + RELAY_HEARTBEAT - time.time())
             for key, _ in self._sel.select(timeout):
                 which, child = key.data
@@ -1948,13 +1958,7 @@ def relay_main():
     hello = _hello_info("missing")
     hello["role"] = "relay"
     writer.send(Kind.HELLO, encode_hello(hello))
-    try:
-        import _signal
-
-        for signum in (SIGHUP, SIGTERM):
-            _signal.signal(signum, _on_signal)
-    except (ImportError, AttributeError, ValueError, OSError):
-        pass
+    _exit_on_signals()
     try:
         _Relay(proto_in, writer).serve()
     except BaseException:
@@ -2001,13 +2005,7 @@ def main(shipped=None, cloudpickle_version=None):
     writer.send(Kind.HELLO, encode_hello(hello))
     owning = threading.Thread(target=_own_descendants, daemon=True)
     owning.start()
-    try:
-        import _signal
-
-        for signum in (SIGHUP, SIGTERM):   # sshd or the master stopping us: clean up first
-            _signal.signal(signum, _on_signal)
-    except (ImportError, AttributeError, ValueError, OSError):
-        pass
+    _exit_on_signals()
 
     global _FORWARDER
     forwarder = _FORWARDER = _Forwarder(writer)

@@ -210,21 +210,30 @@ def host_key_policy(host: Host, options: SshOptions) -> "tuple[str, List[str]]":
     return checking, known
 
 
-def ssh_args(host: Host, options: SshOptions) -> List[str]:
-    """Options for every ssh process of ``host`` (master and sessions alike)."""
-    checking, known = host_key_policy(host, options)
+def checked_session_args(host: Host, options: SshOptions, checking: str,
+                         known: List[str]) -> List[str]:
+    """The options every antnest ssh process carries: never a prompt, host keys checked
+    against `known`, the connect timeout and dead-peer detection (here, and on a relay)."""
     timeout = host.connect_timeout or options.connect_timeout
     interval = host.server_alive_interval or options.keepalive
-    args: List[str] = []
-    if host.ssh_config:
-        args += ["-F", host.ssh_config]
-    args += [
+    return [
         "-o", "BatchMode=yes",
         "-o", f"StrictHostKeyChecking={checking}",
         "-o", "UserKnownHostsFile=" + " ".join(_quote_option(p) for p in known),
         "-o", f"ConnectTimeout={max(1, int(round(timeout)))}",
         "-o", f"ServerAliveInterval={max(1, int(round(interval)))}",
         "-o", f"ServerAliveCountMax={SERVER_ALIVE_COUNT}",
+    ]
+
+
+def ssh_args(host: Host, options: SshOptions) -> List[str]:
+    """Options for every ssh process of ``host`` (master and sessions alike)."""
+    checking, known = host_key_policy(host, options)
+    args: List[str] = []
+    if host.ssh_config:
+        args += ["-F", host.ssh_config]
+    args += checked_session_args(host, options, checking, known)
+    args += [
         "-o", f"HostName={host.address}",
         "-p", str(host.port),
     ]

@@ -38,12 +38,12 @@ from typing import Deque, Dict, List, Optional, Tuple
 from antnest import bootstrap, runner
 from antnest.errors import BootstrapError, ConnectError, HostError
 from antnest.host import Host, HostStatus
-from antnest.inventory.ssh_options import (DEFAULT_GLOBAL_KNOWN_HOSTS,
-                                           DEFAULT_USER_KNOWN_HOSTS, ssh_user)
+from antnest.inventory.ssh_options import DEFAULT_GLOBAL_KNOWN_HOSTS, ssh_user
 from antnest.runner import FrameReader, Kind
 from antnest.transport import (CommandExit, Connection, OutputSink, RunnerProcess,
                                SshOptions, describe_exit, link_errors, open_connection)
 from antnest.transport.handshakes import HandshakeWindow
+from antnest.transport.openssh import _known_hosts_files
 
 log = logging.getLogger(__name__)
 
@@ -253,11 +253,10 @@ class RelayLink:
             self._users += 1
             self._identity_files += [f for f in host.identity_files
                                      if f not in self._identity_files]
-            files = list(host.user_known_hosts or DEFAULT_USER_KNOWN_HOSTS)
-            files += list(host.global_known_hosts or DEFAULT_GLOBAL_KNOWN_HOSTS)
-            files += list(self.options.known_hosts)
-            self._known_files = tuple(dict.fromkeys(self._known_files + tuple(
-                os.path.expanduser(f) for f in files)))
+            files = _known_hosts_files(host, self.options) + [
+                os.path.expanduser(f) for f in host.global_known_hosts
+                or DEFAULT_GLOBAL_KNOWN_HOSTS]
+            self._known_files = tuple(dict.fromkeys(self._known_files + tuple(files)))
 
     def unregister(self) -> None:
         with self._lock:
@@ -293,7 +292,7 @@ class RelayLink:
 
         agent = agent_for(for_host, self._identity_files)
         options = dataclasses.replace(self.options, forward_agent=agent)
-        conn = open_connection(dataclasses.replace(self.relay, procs=1), options)
+        conn = open_connection(self.relay, options)
         self._conn = conn
         conn.connect()
         proc = conn.open_runner(f"relay {self.relay.name}", stage2=bootstrap.relay_stage2())
@@ -462,7 +461,7 @@ _links = _Links()
 def relayed_ssh_args(host: Host, options: SshOptions) -> List[str]:
     """The ssh options the relay uses for `host`: everything the master resolved, nothing
     read from the relay's own files (-F /dev/null; known_hosts from RELAY_SETUP)."""
-    from antnest.transport.openssh import host_key_policy
+    from antnest.transport.openssh import checked_session_args, host_key_policy
 
     if host.jump or host.proxy_command:
         raise ConnectError(host.name, f"has a ProxyJump/ProxyCommand and a relay "
@@ -471,18 +470,10 @@ def relayed_ssh_args(host: Host, options: SshOptions) -> List[str]:
     checking, known = host_key_policy(host, options)
     # the unchecked opt-in (see host_key_policy) records into /dev/null, even here
     files = ([os.devnull] if os.devnull in known else []) + [runner.KNOWN_HOSTS_TOKEN]
-    timeout = host.connect_timeout or options.connect_timeout
-    interval = host.server_alive_interval or options.keepalive
-    args = ["-F", os.devnull, "-T",
-            "-o", "BatchMode=yes",
-            "-o", f"StrictHostKeyChecking={checking}",
-            "-o", "UserKnownHostsFile=" + " ".join(files),
-            "-o", "GlobalKnownHostsFile=" + os.devnull,
-            "-o", f"ConnectTimeout={max(1, int(round(timeout)))}",
-            "-o", f"ServerAliveInterval={max(1, int(round(interval)))}",
-            "-o", "ServerAliveCountMax=3",
-            "-o", "ControlMaster=no", "-o", "ControlPath=none",
-            "-p", str(host.port), "-l", host.user or ssh_user()]
+    args = (["-F", os.devnull, "-T"] + checked_session_args(host, options, checking, files)
+            + ["-o", "GlobalKnownHostsFile=" + os.devnull,
+               "-o", "ControlMaster=no", "-o", "ControlPath=none",
+               "-p", str(host.port), "-l", host.user or ssh_user()])
     if host.ciphers:
         args += ["-o", f"Ciphers={host.ciphers}"]
     if options.compress:
